@@ -1,0 +1,82 @@
+"""Dataset and DataLoader: workers decode and crop; augmentation and normalisation happen on the device.
+
+Per-image state lives in a few numpy arrays (paths as one bytes array, targets as float32), not in
+per-row Python objects: forked workers then share those pages instead of slowly copying them as
+reference counts change, so worker memory stays flat over an epoch.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from src.data.images import ImageDecodeError
+from src.data.transforms import load_input
+
+
+class ImageDataset(Dataset):
+    """Returns (uint8 image (3, S, S), target, index, ok). A file that fails to decode gives ok=False
+    and a black image, so that one bad JPEG skips one sample instead of killing the epoch."""
+
+    def __init__(self, paths, targets, img_size: int):
+        self.paths = np.array([os.fsencode(str(p)) for p in paths], dtype=np.bytes_)
+        self.targets = np.asarray(targets, dtype=np.float32)
+        self.img_size = img_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        path = os.fsdecode(self.paths[index])
+        try:
+            image, ok = load_input(path, self.img_size), True
+        except (ImageDecodeError, OSError, ValueError):
+            image, ok = torch.zeros(3, self.img_size, self.img_size, dtype=torch.uint8), False
+        return image, torch.tensor(self.targets[index]), index, ok
+
+
+class EpochSampler(Sampler):
+    """Shuffled (or class-balanced) indices, reseeded each epoch and split across DDP ranks.
+
+    Seeding from (seed, epoch) makes an epoch's order independent of what ran before, so a resumed
+    run sees exactly the batches an uninterrupted one would have. Each rank gets the same number
+    of samples (padded by wrapping around), as DistributedSampler does, so ranks never wait forever.
+    """
+
+    def __init__(self, targets, seed: int, balanced: bool = False, rank: int = 0, world_size: int = 1):
+        self.targets = np.asarray(targets)
+        self.seed, self.balanced, self.rank, self.world_size = seed, balanced, rank, world_size
+        self.epoch = 0
+        self.per_rank = -(-len(self.targets) // world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def indices(self) -> list[int]:
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        n = len(self.targets)
+        if self.balanced:
+            # Each class drawn with equal probability: melanoma seen as often as benign.
+            counts = np.bincount(self.targets.astype(np.int64), minlength=2).astype(np.float64)
+            weights = torch.as_tensor(1.0 / counts[self.targets.astype(np.int64)])
+            order = torch.multinomial(weights, n, replacement=True, generator=gen)
+        else:
+            order = torch.randperm(n, generator=gen)
+        total = self.per_rank * self.world_size
+        order = torch.cat([order, order[: total - n]]) if total > n else order
+        return order[self.rank:total:self.world_size].tolist()
+
+    def __iter__(self):
+        return iter(self.indices())
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+
+def make_loader(dataset: ImageDataset, batch_size: int, sampler=None, workers: int = 0,
+                pin_memory: bool = False, prefetch_factor: int = 4, drop_last: bool = False) -> DataLoader:
+    extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor} if workers > 0 else {}
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
+                      pin_memory=pin_memory, drop_last=drop_last, **extra)

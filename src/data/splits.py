@@ -1,0 +1,96 @@
+"""Patient-grouped, stratified splits, and the split file written next to the checkpoints.
+
+ISIC 2020 has ~16 images per patient; an image-level split puts the same patient's moles on both
+sides and inflates every validation number. Every split here keeps a patient (else a lesion, else
+an image: see metadata.split_groups) on one side only, and keeps the melanoma rate of each fold
+close to the whole set's (scikit-learn's StratifiedGroupKFold).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from src.data.atomic import atomic_write_text
+from src.data.metadata import split_groups
+
+SPLIT_COLUMNS = ["image_name", "patient_id", "target", "fold", "split"]
+
+
+class SplitError(ValueError):
+    pass
+
+
+def assign_folds(table: pd.DataFrame, n_folds: int, seed: int) -> np.ndarray:
+    """Fold index (0..n_folds-1) of every row; deterministic for a seed."""
+    if n_folds < 2:
+        raise SplitError(f"need at least 2 folds, got {n_folds}")
+    groups = split_groups(table)
+    targets = table["target"].to_numpy()
+    n_groups = len(np.unique(groups))
+    if n_groups < n_folds:
+        raise SplitError(f"only {n_groups} patients/lesions for {n_folds} folds; "
+                         f"use fewer folds or more data")
+    folds = np.empty(len(table), dtype=np.int64)
+    # Stratification needs each class in every fold; with fewer positives than folds, group-only it is.
+    stratify = np.bincount(targets, minlength=2).min() >= n_folds
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    labels = targets if stratify else np.zeros_like(targets)
+    for fold, (_, val_idx) in enumerate(splitter.split(np.zeros(len(table)), labels, groups)):
+        folds[val_idx] = fold
+    return folds
+
+
+def folds_for_fraction(val_fraction: float) -> int:
+    """A hold-out of 0.2 is fold 0 of 5 folds; the fraction is rounded to the nearest 1/k."""
+    if not 0.0 < val_fraction < 1.0:
+        raise SplitError(f"VAL_FRACTION must be between 0 and 1, got {val_fraction}")
+    return max(2, round(1.0 / val_fraction))
+
+
+def make_split(table: pd.DataFrame, val_fraction: float, fold: int, seed: int,
+               n_folds: int = 0) -> pd.DataFrame:
+    """The split table (SPLIT_COLUMNS): hold-out by fraction, or fold `fold` of `n_folds` when n_folds>0."""
+    n = n_folds or folds_for_fraction(val_fraction)
+    if not 0 <= fold < n:
+        raise SplitError(f"FOLD must be in 0..{n - 1}, got {fold}")
+    folds = assign_folds(table, n, seed)
+    return pd.DataFrame({
+        "image_name": table["image_name"].to_numpy(), "patient_id": split_groups(table),
+        "target": table["target"].to_numpy(), "fold": folds,
+        "split": np.where(folds == fold, "val", "train"),
+    })
+
+
+def check_no_leak(split: pd.DataFrame) -> int:
+    """Number of patients present in both train and val (must be 0)."""
+    train = set(split.loc[split["split"] == "train", "patient_id"])
+    val = set(split.loc[split["split"] == "val", "patient_id"])
+    return len(train & val)
+
+
+def write_split(split: pd.DataFrame, path: str | Path) -> None:
+    atomic_write_text(path, split[SPLIT_COLUMNS].to_csv(index=False))
+
+
+def read_split(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise SplitError(f"split file not found: {path}")
+    split = pd.read_csv(path, dtype={"image_name": str, "patient_id": str})
+    missing = [c for c in SPLIT_COLUMNS if c not in split.columns]
+    if missing:
+        raise SplitError(f"{path} is not a split file (missing columns {missing})")
+    return split
+
+
+def split_summary(split: pd.DataFrame) -> dict:
+    out = {}
+    for name, part in split.groupby("split"):
+        out[name] = {"images": int(len(part)), "melanoma": int(part["target"].sum()),
+                     "patients": int(part["patient_id"].nunique()),
+                     "melanoma_rate": round(float(part["target"].mean()), 5)}
+    out["patients_in_both"] = check_no_leak(split)
+    return out

@@ -1,0 +1,76 @@
+"""The data commands as a user runs them: the check command, prepare and the demo generator."""
+import json
+import shutil
+
+import cv2
+import pytest
+
+from conftest import SHARED, needs_shared, run_script
+
+
+def test_check_command_on_demo_data(demo_dir):
+    r = run_script("src/data/loader.py", "--images", demo_dir, "--metadata", demo_dir / "metadata.csv")
+    assert r.returncode == 0, r.stderr
+    assert "format: isic2020" in r.stdout and "leak check:    OK, no patient in both splits" in r.stdout
+    r = run_script("src/data/loader.py", "--images", demo_dir, "--json")  # metadata.csv found inside
+    report = json.loads(r.stdout)
+    assert report["rows"] == 80 and report["split"]["patients_in_both"] == 0 and report["unreadable"] == []
+
+
+def test_check_command_on_broken_folder(demo_dir, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(demo_dir, broken)
+    names = sorted(broken.glob("ISIC_*.jpg"))
+    names[0].unlink()
+    names[1].write_bytes(b"")
+    names[2].write_bytes(names[3].read_bytes()[:500])
+    r = run_script("src/data/loader.py", "--images", broken)
+    assert r.returncode == 1
+    assert f"error: 1 of 80 images listed are missing from {broken}/ ({names[0].stem})" in r.stderr
+    r = run_script("src/data/loader.py", "--images", broken, "--skip-missing")
+    assert r.returncode == 1 and "error: 2 unreadable image files" in r.stderr
+    assert f"{names[1]}: empty file (0 bytes)" in r.stdout
+    assert f"{names[2]}: truncated JPEG (no end-of-image marker)" in r.stdout
+
+
+def test_check_command_without_data_explains_how_to_get_it(tmp_path):
+    r = run_script("src/data/loader.py", cwd=tmp_path)
+    assert r.returncode == 1 and "No ISIC data found" in r.stderr and "--demo" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@needs_shared
+def test_check_command_on_real_isic2017():
+    d = SHARED / "isic2017_csv"
+    csvs = ",".join(str(d / f"ISIC-2017_{p}_Part3_GroundTruth.csv") for p in ("Training", "Validation", "Test_v2"))
+    r = run_script("src/data/loader.py", "--metadata", csvs, "--images", SHARED / "images" / "isic2017_256", "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert (report["rows"], report["melanoma"], report["split"]["patients_in_both"]) == (2750, 521, 0)
+
+
+def test_prepare_is_resumable_atomic_and_lists_unreadable(demo_dir, tmp_path):
+    images = tmp_path / "originals"
+    shutil.copytree(demo_dir, images)
+    (images / "ISIC_bad.jpg").write_text("not an image")
+    out = tmp_path / "cache"
+    r = run_script("src/data/prepare.py", "--images", images, "--out", out, "--size", 96, "--workers", 2)
+    assert r.returncode == 0, r.stderr
+    assert "80 written, 0 already there, 1 unreadable" in r.stdout
+    assert "ISIC_bad.jpg" in (out / "unreadable.csv").read_text()
+    assert not list(out.glob(".*.tmp")) and json.loads((out / "prepare.json").read_text())["size"] == 96
+    assert min(cv2.imread(str(next(out.glob("ISIC_*.jpg")))).shape[:2]) == 96
+    (out / "ISIC_9000000.jpg").unlink()
+    r = run_script("src/data/prepare.py", "--images", images, "--out", out, "--size", 96)
+    assert "1 written, 79 already there, 1 unreadable" in r.stdout  # the bad one is retried
+    r = run_script("src/data/prepare.py", "--images", images, "--out", out, "--size", 128)
+    assert r.returncode == 1 and "already holds a 96 px cache" in r.stderr
+
+
+def test_demo_dataset_is_deterministic(tmp_path):
+    from src.data.demo import make_demo_dataset
+    a = make_demo_dataset(tmp_path / "a", n_images=12, seed=5)
+    b = make_demo_dataset(tmp_path / "b", n_images=12, seed=5)
+    assert a.read_text() == b.read_text()
+    assert (tmp_path / "a" / "ISIC_9000003.jpg").read_bytes() == (tmp_path / "b" / "ISIC_9000003.jpg").read_bytes()
+    assert "SYNTHETIC" in (tmp_path / "a" / "SYNTHETIC_README.txt").read_text()

@@ -1,0 +1,103 @@
+"""Decoding: reduced JPEG decoding, odd image kinds, and the exact reason a bad file is refused."""
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import SHARED, gradient_image, needs_shared, write_jpeg
+from src.data.images import (ImageDecodeError, decode_bytes, decode_image, index_images, jpeg_size,
+                             naive_decode, reduction_for)
+
+
+def test_index_finds_images_directly_and_one_level_down(tmp_path):
+    write_jpeg(tmp_path / "ISIC_1.jpg", gradient_image())
+    write_jpeg(tmp_path / "jpeg" / "ISIC_2.JPEG", gradient_image())  # Kaggle's jpeg/train/ layout
+    cv2.imwrite(str(tmp_path / "ISIC_3.png"), gradient_image())
+    (tmp_path / "notes.txt").write_text("x")
+    write_jpeg(tmp_path / "a" / "b" / "ISIC_4.jpg", gradient_image())  # two levels down: not searched
+    assert sorted(index_images(tmp_path)) == ["ISIC_1", "ISIC_2", "ISIC_3"]
+
+
+def test_reduction_keeps_short_side_at_least_target():
+    assert reduction_for(4000, 256) == 8  # 500 >= 256
+    assert reduction_for(2592, 256) == 8  # 324
+    assert reduction_for(1500, 256) == 4  # 375
+    assert reduction_for(600, 256) == 2
+    assert reduction_for(400, 256) == 1
+
+
+def test_reduced_decode_matches_naive_decode(tmp_path):
+    big = cv2.resize(gradient_image(60, 90), (1800, 1200), interpolation=cv2.INTER_LINEAR)
+    path = write_jpeg(tmp_path / "big.jpg", big)
+    assert jpeg_size(path.read_bytes()) == (1800, 1200)
+    fast, slow = decode_image(path, 128), naive_decode(path, 128)
+    assert fast.shape == slow.shape == (128, 192, 3)
+    assert np.abs(fast.astype(int) - slow.astype(int)).mean() < 2.0
+
+
+@needs_shared
+def test_real_fullres_original_decodes_to_short_side():
+    path = SHARED / "images" / "isic_archive_fullres" / "ISIC_0000001.jpg"
+    w, h = jpeg_size(path.read_bytes())
+    image = decode_image(path, 256)
+    assert min(image.shape[:2]) == 256 and image.shape[1] == round(w * 256 / min(w, h))
+
+
+def test_zero_byte_file(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"")
+    with pytest.raises(ImageDecodeError, match=r"a\.jpg: empty file \(0 bytes\)"):
+        decode_image(tmp_path / "a.jpg")
+
+
+def test_truncated_jpeg(tmp_path):
+    data = write_jpeg(tmp_path / "a.jpg", gradient_image(200, 300)).read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageDecodeError, match=r"truncated JPEG \(no end-of-image marker\)"):
+        decode_image(tmp_path / "cut.jpg", 64)
+
+
+def test_not_an_image(tmp_path):
+    (tmp_path / "a.jpg").write_text("<html>404 Not Found</html>")
+    with pytest.raises(ImageDecodeError, match=r"not a readable image \(JPEG or PNG expected\)"):
+        decode_image(tmp_path / "a.jpg")
+
+
+def test_missing_file_is_a_decode_error(tmp_path):
+    with pytest.raises(ImageDecodeError, match="cannot read"):
+        decode_image(tmp_path / "nope.jpg")
+
+
+def _pil_bytes(image: Image.Image, fmt: str, **kw) -> bytes:
+    import io
+    buf = io.BytesIO()
+    image.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+RED = (200, 30, 40)
+
+
+@pytest.mark.parametrize("mode,fmt", [("L", "JPEG"), ("RGBA", "PNG"), ("CMYK", "JPEG"), ("I;16", "PNG"),
+                                      ("RGB", "PNG")])
+def test_odd_image_kinds_become_8bit_rgb(mode, fmt):
+    rgb = Image.new("RGB", (40, 30), RED)
+    if mode == "I;16":
+        image = Image.fromarray(np.full((30, 40), 40000, np.uint16))
+    else:
+        image = rgb.convert(mode)
+    out = decode_bytes(_pil_bytes(image, fmt), name="x")
+    assert out.dtype == np.uint8 and out.shape == (30, 40, 3)
+    if mode in ("RGBA", "CMYK", "RGB"):
+        assert np.abs(out[15, 20].astype(int) - RED).max() < 12  # colours kept, channel order right
+    if mode == "I;16":
+        assert abs(int(out[15, 20, 0]) - 40000 // 257) <= 1  # 16-bit scaled down, not wrapped
+
+
+def test_exif_rotation_is_applied():
+    image = Image.fromarray(gradient_image(30, 60))
+    exif = image.getexif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    out = decode_bytes(_pil_bytes(image, "JPEG", exif=exif), min_short_side=None)
+    assert out.shape == (60, 30, 3)
+    out = decode_bytes(_pil_bytes(image, "JPEG", exif=exif), min_short_side=15)
+    assert out.shape == (30, 15, 3)

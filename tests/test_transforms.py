@@ -1,0 +1,66 @@
+"""The one preprocessing path, augmentation, the dataset's bad-file handling and the sampler."""
+import numpy as np
+import pytest
+import torch
+
+from conftest import gradient_image, write_jpeg
+from src.data.dataset import EpochSampler, ImageDataset, make_loader
+from src.data.transforms import augment_batch, load_input, load_input_bytes, preprocess
+
+
+def test_preprocess_resizes_short_side_and_centre_crops():
+    image = np.zeros((100, 200, 3), np.uint8)
+    image[:, 50:150] = 255  # the centre square is white, the sides black
+    out = preprocess(image, 50)
+    assert out.shape == (3, 50, 50) and out.dtype == torch.uint8
+    assert out.float().mean() > 250  # only the white centre survives the crop
+
+
+def test_file_and_bytes_paths_give_the_same_input(tmp_path):
+    path = write_jpeg(tmp_path / "a.jpg", gradient_image(300, 400))
+    assert torch.equal(load_input(path, 64), load_input_bytes(path.read_bytes(), 64))
+
+
+def test_augment_shape_range_determinism_and_colour_kept():
+    x = torch.from_numpy(gradient_image(64, 64)).permute(2, 0, 1).float()[None].repeat(16, 1, 1, 1)
+    a = augment_batch(x, torch.Generator().manual_seed(1))
+    b = augment_batch(x, torch.Generator().manual_seed(1))
+    c = augment_batch(x, torch.Generator().manual_seed(2))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, c)
+    assert a.min() >= 0 and a.max() <= 255 and (a - x).abs().mean() > 5  # it does change images
+    # Medical-safe colour: the mean colour moves by a few percent at most; no grayscale.
+    assert torch.allclose(a.mean((0, 2, 3)), x.mean((0, 2, 3)), rtol=0.15)
+    chroma = lambda t: (t - t.mean(1, keepdim=True)).abs().mean()
+    assert chroma(a) > 0.8 * chroma(x)
+
+
+def test_dataset_skips_bad_file_instead_of_crashing(tmp_path):
+    good = write_jpeg(tmp_path / "good.jpg", gradient_image())
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(good.read_bytes()[:100])
+    data = ImageDataset([good, bad, tmp_path / "gone.jpg"], [0, 1, 0], img_size=32)
+    loader = make_loader(data, batch_size=3, workers=2)
+    images, targets, index, ok = next(iter(loader))
+    assert images.shape == (3, 3, 32, 32) and images.dtype == torch.uint8
+    assert ok.tolist() == [True, False, False] and images[1:].sum() == 0
+    assert targets.tolist() == [0.0, 1.0, 0.0]
+
+
+def test_epoch_sampler_is_deterministic_and_splits_ranks():
+    targets = np.array([1] * 10 + [0] * 91)
+    s = EpochSampler(targets, seed=3)
+    s.set_epoch(2)
+    first = s.indices()
+    s.set_epoch(2)
+    assert s.indices() == first and sorted(first) == list(range(101))
+    s.set_epoch(3)
+    assert s.indices() != first
+    ranks = [EpochSampler(targets, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    parts = [r.indices() for r in ranks]
+    assert len(parts[0]) == len(parts[1]) == 51 and set(parts[0]) | set(parts[1]) == set(range(101))
+
+
+def test_balanced_sampler_draws_classes_equally():
+    targets = np.array([1] * 20 + [0] * 980)
+    drawn = targets[EpochSampler(targets, seed=0, balanced=True).indices()]
+    assert 0.45 < drawn.mean() < 0.55

@@ -113,3 +113,11 @@ def _colour(x: torch.Tensor, gen) -> torch.Tensor:
                           torch.stack([zeros, sin, cos], 1)], 1)
     matrix = _YIQ2RGB.to(device) @ chroma @ _RGB2YIQ.to(device)
     return torch.einsum("nij,njhw->nihw", matrix, x)
+
+
+def dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:
+    """The 8 flips/transposes of a square batch, for test-time augmentation (lesions have no 'up')."""
+    views = []
+    for t in (x, x.transpose(2, 3)):
+        views += [t, t.flip(3), t.flip(2), t.flip(2, 3)]
+    return views

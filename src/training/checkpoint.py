@@ -1,0 +1,80 @@
+"""The one checkpoint writer and loader.
+
+Checkpoints hold only tensors and plain Python values, so they load with
+`torch.load(..., weights_only=True)`: opening a checkpoint never runs pickled code.
+Writes go to a temporary file and are renamed into place, so a crash leaves the old file intact.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import platform
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+import torchvision
+
+from src.training.model import MelanomaNet
+
+FORMAT = "melanoma-classifier/1"
+REQUIRED_KEYS = ("format", "arch", "model_state", "img_size", "mean", "std")
+
+
+class CheckpointError(Exception):
+    pass
+
+
+def versions() -> dict:
+    return {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
+            "python": platform.python_version()}
+
+
+def save_checkpoint(obj: dict, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Load and validate one of our checkpoints; CheckpointError with a clear reason otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path} holds objects other than tensors and plain values; refusing to "
+                              f"load it (weights_only=True). Details: {str(e).splitlines()[0]}") from None
+    except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (corrupted or truncated?): "
+                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a checkpoint of this project (expected format {FORMAT!r}); "
+                              f"use one written by src/training/train.py")
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path} lacks {missing}; it may come from an incompatible version")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict) -> MelanomaNet:
+    model = MelanomaNet(ckpt["arch"], mean=ckpt["mean"], std=ckpt["std"])
+    try:
+        model.load_state_dict(ckpt["model_state"])
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint weights do not fit {ckpt['arch']}: {str(e).splitlines()[0]}") from None
+    return model.eval()
+
+
+def load_model(path: str | Path, map_location="cpu") -> tuple[MelanomaNet, dict]:
+    ckpt = load_checkpoint(path, map_location)
+    return model_from_checkpoint(ckpt), ckpt

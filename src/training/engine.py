@@ -1,0 +1,157 @@
+"""One training epoch and one evaluation pass, each returning a dict of figures.
+
+The data workers only decode and crop; here the uint8 batch goes to the device (pinned, non-blocking),
+is augmented there in one batched call, and the model normalises it. Loss and accuracy are summed
+on the device and read back every LOG_EVERY steps, not every step, so the GPU is never stalled by
+a host sync per batch.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from src.data.transforms import augment_batch, dihedral_views
+from src.training import distributed as dist
+from src.training.metrics import epoch_metrics
+
+LOG_EVERY = 20  # steps between progress-bar updates (each one is a device->host sync)
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+@dataclass
+class Runtime:
+    """Where and how tensors run; shared by training, evaluation and prediction."""
+    device: torch.device
+    amp_dtype: torch.dtype | None = None   # None: full fp32
+    channels_last: bool = False
+    scaler: torch.amp.GradScaler | None = None
+    rank: int = 0
+    world_size: int = 1
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def to_device(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.device, non_blocking=True).float()
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+def focal_loss(logits, targets, gamma: float = 2.0, pos_weight: float = 1.0):
+    """Per-sample focal loss: easy (confident, correct) examples count less, rare hard ones more."""
+    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_correct = torch.exp(-bce)
+    weight = torch.where(targets > 0.5, pos_weight, 1.0)
+    return weight * (1 - p_correct) ** gamma * bce
+
+
+def make_loss(kind: str, pos_weight: float, gamma: float):
+    """Per-sample loss function for the IMBALANCE setting."""
+    if kind == "weighted_bce":
+        weight = torch.tensor(pos_weight)
+        return lambda z, y: F.binary_cross_entropy_with_logits(z, y, pos_weight=weight.to(z.device),
+                                                               reduction="none")
+    if kind == "focal":
+        return lambda z, y: focal_loss(z, y, gamma)
+    if kind in ("sampler", "none"):
+        return lambda z, y: F.binary_cross_entropy_with_logits(z, y, reduction="none")
+    raise ValueError(f"IMBALANCE must be weighted_bce, focal, sampler or none, not {kind!r}")
+
+
+def _check_finite(loss_sum: torch.Tensor, epoch: int, step: int) -> None:
+    # Summed over ranks, so that every rank sees the same value and all stop together.
+    total = dist.all_reduce_sum(loss_sum.reshape(1)).item()
+    if not math.isfinite(total):
+        raise NonFiniteLoss(f"the training loss became {total} in epoch {epoch + 1} by step {step + 1}")
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, rt: Runtime, epoch: int, seed: int,
+                    max_steps: int = 0) -> dict:
+    model.train()
+    # Augmentation randomness from (seed, epoch) alone: a resumed run repeats it exactly.
+    gen = torch.Generator(device=rt.device).manual_seed(seed * 1009 + epoch)
+    sums = torch.zeros(3, device=rt.device, dtype=torch.float64)  # loss * n, correct, n
+    skipped: list[int] = []
+    total = min(len(loader), max_steps) if max_steps else len(loader)
+    bar = tqdm(loader, total=total, desc=f"train {epoch + 1}", unit="batch", disable=rt.rank != 0,
+               leave=False, dynamic_ncols=True)
+    start, step = time.perf_counter(), -1
+    for step, (images, targets, index, ok) in enumerate(bar):
+        if step >= total:
+            break
+        if not bool(ok.all()):
+            skipped += index[~ok].tolist()
+        x = augment_batch(rt.to_device(images), gen)
+        y = targets.to(rt.device, non_blocking=True)
+        w = ok.to(rt.device, non_blocking=True).float()  # a failed decode weighs nothing
+        with rt.autocast():
+            logits = model(x).float()
+        loss = (loss_fn(logits, y) * w).sum() / w.sum().clamp(min=1.0)
+        optimizer.zero_grad(set_to_none=True)
+        if rt.scaler is not None:
+            rt.scaler.scale(loss).backward()
+            rt.scaler.step(optimizer)
+            rt.scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+        sums += torch.stack([loss.detach() * w.sum(), (((logits > 0) == (y > 0.5)) * w).sum(), w.sum()])
+        if step % LOG_EVERY == 0:
+            _check_finite(sums[0], epoch, step)
+            seen = sums[2].item() * rt.world_size
+            bar.set_postfix(loss=f"{sums[0].item() / max(sums[2].item(), 1):.4f}",
+                            img_s=f"{seen / (time.perf_counter() - start):.0f}")
+    _check_finite(sums[0], epoch, step)
+    sums = dist.all_reduce_sum(sums)
+    seconds = time.perf_counter() - start
+    skipped = dist.gather_lists(skipped)
+    n = max(sums[2].item(), 1.0)
+    return {"loss": sums[0].item() / n, "accuracy": sums[1].item() / n, "images": int(sums[2].item()),
+            "seconds": seconds, "images_per_s": (sums[2].item() + len(skipped)) / seconds,
+            "skipped": skipped}
+
+
+@torch.no_grad()
+def predict(model, loader, rt: Runtime, tta: bool = False, desc: str = "val") -> dict:
+    """Logits for every sample of `loader` (gathered across DDP ranks), with targets, indices, ok flags."""
+    model.eval()
+    out = {"logits": [], "targets": [], "index": [], "ok": []}
+    for images, targets, index, ok in tqdm(loader, desc=desc, unit="batch", disable=rt.rank != 0,
+                                           leave=False, dynamic_ncols=True):
+        x = rt.to_device(images)
+        views = dihedral_views(x) if tta else [x]
+        with rt.autocast():
+            logits = torch.stack([model(v).float() for v in views]).mean(0)
+        out["logits"].append(logits.cpu())
+        out["targets"].append(targets)
+        out["index"].append(index)
+        out["ok"].append(ok)
+    local = {k: torch.cat(v).numpy() if v else np.zeros(0) for k, v in out.items()}
+    merged = dist.gather_arrays(local)
+    order = np.argsort(merged["index"], kind="stable")
+    return {k: v[order] for k, v in merged.items()}
+
+
+def evaluate(model, loader, rt: Runtime, threshold: float = 0.5, tta: bool = False) -> dict:
+    """Validation loss and epoch metrics over the whole validation set (every rank's share)."""
+    pred = predict(model, loader, rt, tta)
+    ok = pred["ok"].astype(bool)
+    logits, targets = pred["logits"][ok], pred["targets"][ok]
+    loss = F.binary_cross_entropy_with_logits(torch.from_numpy(logits), torch.from_numpy(targets)).item() \
+        if ok.any() else math.nan
+    probs = 1.0 / (1.0 + np.exp(-logits))
+    skipped = pred["index"][~ok].tolist()
+    return {"loss": loss, **epoch_metrics(targets, probs, threshold), "skipped": skipped,
+            "probs": probs, "targets": targets, "index": pred["index"][ok]}

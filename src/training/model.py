@@ -1,0 +1,80 @@
+"""The classifier: a torchvision ResNet with a one-logit head, with input normalisation built in.
+
+The model takes uint8 (or 0..255 float) images and normalises them itself, so the data path ships
+uint8 to the device and every consumer (evaluation, prediction, serving, ONNX) gets the same maths.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+ARCHITECTURES = ("resnet18", "resnet34", "resnet50", "resnet101")
+
+
+class WeightsUnavailable(RuntimeError):
+    pass
+
+
+class MelanomaNet(nn.Module):
+    def __init__(self, arch: str = "resnet50", mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        super().__init__()
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"ARCH must be one of {ARCHITECTURES}, not {arch!r}")
+        self.backbone = getattr(torchvision.models, arch)(weights=None)
+        self.backbone.fc = nn.Linear(self.backbone.fc.in_features, 1)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) images in 0..255 -> (N,) melanoma logits."""
+        x = (x.float() - self.mean) / self.std
+        return self.backbone(x).squeeze(1)
+
+    def head_parameters(self):
+        return list(self.backbone.fc.parameters())
+
+    def backbone_parameters(self):
+        head = {id(p) for p in self.head_parameters()}
+        return [p for p in self.parameters() if id(p) not in head]
+
+
+def imagenet_weights(arch: str):
+    """torchvision's ImageNet weights enum member for `arch` (the better V2 weights where they exist)."""
+    enum = torchvision.models.get_model_weights(arch)
+    return getattr(enum, "IMAGENET1K_V2", None) or enum.IMAGENET1K_V1
+
+
+def weights_cache_path(weights) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+
+
+def load_imagenet_backbone(model: MelanomaNet, arch: str) -> None:
+    """Load ImageNet weights from the torch cache, downloading them if needed; fail clearly offline."""
+    weights = imagenet_weights(arch)
+    cached = weights_cache_path(weights)
+    try:
+        state = weights.get_state_dict(progress=True, check_hash=True)
+    except Exception as e:  # URLError, socket errors, HTTP errors, a corrupt partial file...
+        raise WeightsUnavailable(
+            f"ImageNet weights for {arch} are not in the torch cache and could not be downloaded "
+            f"({type(e).__name__}: {e}).\n"
+            f"  Expected file: {cached}\n"
+            f"  Download {weights.url} on a machine with network and copy it there "
+            f"(or set TORCH_HOME to a folder whose hub/checkpoints/ holds it),\n"
+            f"  or train from random weights with --PRETRAINED=False (much weaker on real data).") from None
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}  # ImageNet's 1000-class head
+    missing, unexpected = model.backbone.load_state_dict(state, strict=False)
+    assert set(missing) == {"fc.weight", "fc.bias"} and not unexpected, (missing, unexpected)
+
+
+def build_model(arch: str = "resnet50", pretrained: bool = True) -> MelanomaNet:
+    model = MelanomaNet(arch)
+    if pretrained:
+        load_imagenet_backbone(model, arch)
+    return model

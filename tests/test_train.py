@@ -1,0 +1,171 @@
+"""train.py as a user runs it: outputs, resume after a kill, NaN stop, Ctrl-C, guards, and 2-process DDP."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, run_script
+from src.training.checkpoint import load_checkpoint, load_model, save_checkpoint
+
+EPOCH_KEYS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "val_sensitivity",
+              "val_specificity", "val_pauc", "lr", "seconds", "train_images_per_s", "skipped_files",
+              "skipped_examples"}
+TIMING_KEYS = {"seconds", "train_images_per_s"}
+
+
+def tiny_args(demo_dir, out, epochs=2, *extra):
+    return ["src/training/train.py", f"--DATA_DIR={demo_dir}", f"--METADATA_CSV={demo_dir / 'metadata.csv'}",
+            f"--CHECKPOINT_DIR={out}", "--PRETRAINED=False", "--IMG_SIZE=32", "--BATCH_SIZE=16",
+            f"--NUM_EPOCHS={epochs}", "--NUM_WORKERS=0", "--CACHE_DIR=", *extra]
+
+
+def history(out):
+    return json.loads((out / "training_history.json").read_text())
+
+
+def test_tiny_run_writes_checkpoints_history_and_split(demo_dir, tmp_path):
+    out = tmp_path / "run"
+    r = run_script(*tiny_args(demo_dir, out, 2))
+    assert r.returncode == 0, r.stderr
+    assert "Device: cpu" in r.stdout and "Train Loss:" in r.stdout and "pAUC(TPR>=0.8):" in r.stdout
+    h = history(out)
+    assert [e["epoch"] for e in h["epochs"]] == [1, 2] and set(h["epochs"][0]) == EPOCH_KEYS
+    assert h["config"]["IMG_SIZE"] == 32 and h["best_epoch"] in (1, 2) and h["skipped_files"] == 0
+    best = out / h["best_checkpoint"]
+    assert sorted(p.name for p in out.glob("*.pth")) == sorted([best.name, "last.pth"])
+    ckpt = torch.load(best, weights_only=True)
+    assert ckpt["img_size"] == 32 and ckpt["arch"] == "resnet50" and ckpt["config"]["PRETRAINED"] is False
+    assert ckpt["metrics"]["val_auc"] == h["best_val_auc"] and "torch" in ckpt["versions"]
+    last = load_checkpoint(out / "last.pth")
+    assert {"optimizer", "scheduler", "rng", "history"} <= set(last)
+    split = (out / "split.csv").read_text().splitlines()
+    assert split[0] == "image_name,patient_id,target,fold,split" and len(split) == 81
+
+
+def test_unreadable_image_is_skipped_and_counted(demo_dir, tmp_path):
+    import shutil
+    data = tmp_path / "data"
+    shutil.copytree(demo_dir, data)
+    (data / "ISIC_9000005.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    r = run_script(*tiny_args(data, tmp_path / "run", 1))
+    assert r.returncode == 0, r.stderr
+    e = history(tmp_path / "run")["epochs"][0]
+    assert e["skipped_files"] == 1 and e["skipped_examples"] == ["ISIC_9000005"]
+
+
+def wait_for_epochs(out, n, proc, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if len(history(out)["epochs"]) >= n:
+                return
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+        time.sleep(0.02)
+    raise AssertionError(f"run ended or stalled before epoch {n}: {proc.poll()}")
+
+
+def start(args):
+    return subprocess.Popen([sys.executable, str(ROOT / args[0]), *args[1:]], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_killed_run_resumes_to_the_same_history(demo_dir, tmp_path):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    assert run_script(*tiny_args(demo_dir, full, 3)).returncode == 0
+    proc = start(tiny_args(demo_dir, killed, 3))
+    wait_for_epochs(killed, 1, proc)
+    proc.kill()  # SIGKILL: no chance to clean up
+    proc.wait()
+    done_before = len(history(killed)["epochs"])
+    r = run_script(*tiny_args(demo_dir, killed, 3, "--RESUME=True"))
+    assert r.returncode == 0, r.stderr
+    assert f"Resuming after epoch {done_before} of 3" in r.stdout
+    a, b = history(full)["epochs"], history(killed)["epochs"]
+    assert len(a) == len(b) == 3
+    for ea, eb in zip(a, b):
+        for key in EPOCH_KEYS - TIMING_KEYS:
+            assert ea[key] == pytest.approx(eb[key], rel=1e-6, abs=1e-9), (ea["epoch"], key)
+
+
+def test_nan_loss_stops_with_message(demo_dir, tmp_path):
+    r = run_script(*tiny_args(demo_dir, tmp_path / "run", 2, "--LEARNING_RATE=1e30", "--WARMUP_EPOCHS=0"))
+    assert r.returncode == 1
+    assert "error: the training loss became nan" in r.stderr and "no checkpoint was written" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_nan_after_a_good_epoch_keeps_the_last_good_checkpoint(demo_dir, tmp_path):
+    out = tmp_path / "run"
+    assert run_script(*tiny_args(demo_dir, out, 1)).returncode == 0
+    # Poison the weights the resumed run continues from, so its next epoch diverges.
+    ckpt = load_checkpoint(out / "last.pth")
+    ckpt["model_state"]["backbone.fc.weight"].fill_(float("nan"))
+    save_checkpoint(ckpt, out / "last.pth")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    r = run_script(*tiny_args(demo_dir, out, 2, "--RESUME=True"))
+    assert r.returncode == 1 and "the training loss became nan in epoch 2" in r.stderr
+    assert f"the last good checkpoint is {out / 'last.pth'}" in r.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing overwritten
+
+
+def test_ctrl_c_exits_cleanly_with_last_checkpoint(demo_dir, tmp_path):
+    out = tmp_path / "run"
+    proc = start(tiny_args(demo_dir, out, 50))
+    wait_for_epochs(out, 1, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Interrupted:" in err and "holds the last finished epoch; continue with --RESUME=True" in err
+    assert "Traceback" not in err
+    assert load_checkpoint(out / "last.pth")["epoch"] >= 1
+
+
+def test_existing_run_is_not_overwritten(demo_dir, tmp_path):
+    out = tmp_path / "run"
+    assert run_script(*tiny_args(demo_dir, out, 1)).returncode == 0
+    r = run_script(*tiny_args(demo_dir, out, 1))
+    assert r.returncode == 1 and "already holds a run (last.pth)" in r.stderr and "--RESUME=True" in r.stderr
+
+
+def test_no_data_explains_how_to_get_it_and_the_demo(tmp_path):
+    r = run_script("src/training/train.py", f"--CHECKPOINT_DIR={tmp_path / 'c'}", cwd=tmp_path)
+    assert r.returncode == 1 and "No ISIC data found" in r.stderr
+    assert "isic image download" in r.stderr and "python src/training/train.py --demo" in r.stderr
+
+
+def test_bad_override_lists_valid_names(tmp_path):
+    r = run_script("src/training/train.py", "--EPOCHS=3")
+    assert r.returncode == 2 and "unknown setting 'EPOCHS'" in r.stderr and "NUM_EPOCHS" in r.stderr
+    r = run_script("src/training/train.py", "--BATCH_SIZE=big")
+    assert r.returncode == 2 and "--BATCH_SIZE=big: expected a int" in r.stderr
+
+
+def test_two_process_gloo_run_matches_single_process_evaluation(demo_dir, tmp_path):
+    out = tmp_path / "ddp"
+    args = tiny_args(demo_dir, out, 2, "--BATCH_SIZE=8")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(ROOT / args[0]), *args[1:]], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "processes: 2" in r.stdout and r.stdout.count("Epoch 2/2") == 1  # rank 0 alone prints
+    h = history(out)
+    # The validation AUC in the history covers the whole validation set (both ranks' shares):
+    # recompute it in one process from the saved checkpoint and split.
+    from src.data.dataset import ImageDataset, make_loader
+    from src.training.engine import Runtime, predict
+    from src.training.metrics import roc_auc
+    import pandas as pd
+    model, ckpt = load_model(out / h["best_checkpoint"])
+    split = pd.read_csv(out / "split.csv", dtype={"image_name": str})
+    val = split[split.split == "val"]
+    ds = ImageDataset([demo_dir / f"{n}.jpg" for n in val.image_name], val.target, 32)
+    pred = predict(model, make_loader(ds, 16), Runtime(torch.device("cpu")))
+    assert len(pred["logits"]) == len(val)
+    assert roc_auc(pred["targets"], pred["logits"]) == pytest.approx(h["best_val_auc"], abs=1e-6)

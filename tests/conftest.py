@@ -43,3 +43,21 @@ def demo_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     make_demo_dataset(out, n_images=80, melanoma_rate=0.3, seed=1)
     return out
+
+
+def tiny_train_args(data_dir, out, epochs=2, *extra):
+    """train.py arguments for a run of a few seconds on the CPU."""
+    return ["src/training/train.py", f"--DATA_DIR={data_dir}", f"--METADATA_CSV={Path(data_dir) / 'metadata.csv'}",
+            f"--CHECKPOINT_DIR={out}", "--PRETRAINED=False", "--IMG_SIZE=32", "--BATCH_SIZE=16",
+            f"--NUM_EPOCHS={epochs}", "--NUM_WORKERS=0", "--CACHE_DIR=", *extra]
+
+
+@pytest.fixture(scope="session")
+def trained_run(demo_dir, tmp_path_factory):
+    """A finished tiny training run on the demo fixture: (checkpoint dir, best checkpoint path)."""
+    import json
+    out = tmp_path_factory.mktemp("run")
+    r = run_script(*tiny_train_args(demo_dir, out, 2))
+    assert r.returncode == 0, r.stderr
+    history = json.loads((out / "training_history.json").read_text())
+    return out, out / history["best_checkpoint"]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, run_script
+from conftest import ROOT, run_script, tiny_train_args
 from src.training.checkpoint import load_checkpoint, load_model, save_checkpoint
 
 EPOCH_KEYS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "val_sensitivity",
@@ -20,9 +20,7 @@ TIMING_KEYS = {"seconds", "train_images_per_s"}
 
 
 def tiny_args(demo_dir, out, epochs=2, *extra):
-    return ["src/training/train.py", f"--DATA_DIR={demo_dir}", f"--METADATA_CSV={demo_dir / 'metadata.csv'}",
-            f"--CHECKPOINT_DIR={out}", "--PRETRAINED=False", "--IMG_SIZE=32", "--BATCH_SIZE=16",
-            f"--NUM_EPOCHS={epochs}", "--NUM_WORKERS=0", "--CACHE_DIR=", *extra]
+    return tiny_train_args(demo_dir, out, epochs, *extra)
 
 
 def history(out):

@@ -122,7 +122,7 @@ def brier_score(y, p) -> float:
     return float(np.mean((p - y) ** 2))
 
 
-def expected_calibration_error(y, p, bins: int = 15) -> float:
+def expected_calibration_error(y, p, bins: int = 10) -> float:
     """Mean |observed rate - mean probability| over equal-width bins, weighted by bin size."""
     y, p = _as_arrays(y, p)
     which = np.minimum((p * bins).astype(np.int64), bins - 1)
@@ -138,3 +138,92 @@ def epoch_metrics(y, p, threshold: float = 0.5) -> dict:
     t = at_threshold(y, p, threshold)
     return {"auc": roc_auc(y, p), "pauc": partial_auc(y, p), "sensitivity": t["sensitivity"],
             "specificity": t["specificity"], "accuracy": t["accuracy"]}
+
+
+# ------------------------------------------------------------------------------ confidence intervals
+def patient_resamples(groups, n_resamples: int, seed: int):
+    """Yield index arrays, each a bootstrap sample of whole patients (all of a drawn patient's images).
+
+    Images of one patient are correlated (same skin, same camera, often the same lesion twice), so
+    resampling images would give intervals that are too narrow.
+    """
+    groups = np.asarray(groups)
+    order = np.argsort(groups, kind="stable")
+    _, starts, counts = np.unique(groups[order], return_index=True, return_counts=True)
+    rng = np.random.default_rng(seed)
+    for _ in range(n_resamples):
+        chosen = rng.integers(0, len(starts), len(starts))
+        lengths = counts[chosen]
+        offsets = np.repeat(starts[chosen] - np.cumsum(np.r_[0, lengths[:-1]]), lengths)
+        yield order[np.arange(lengths.sum()) + offsets]
+
+
+def bootstrap(y, p, groups, metric_fns: dict, n_resamples: int = 1000, seed: int = 0) -> dict:
+    """{name: (low, high)}: 95% percentile intervals of each metric over patient resamples."""
+    y, p = _as_arrays(y, p)
+    values = {name: [] for name in metric_fns}
+    for idx in patient_resamples(groups, n_resamples, seed):
+        ys, ps = y[idx], p[idx]
+        for name, fn in metric_fns.items():
+            values[name].append(fn(ys, ps))
+    out = {}
+    for name, vals in values.items():
+        vals = np.asarray(vals, dtype=np.float64)
+        vals = vals[np.isfinite(vals)]  # resamples with one class have no AUC
+        out[name] = (float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))) if len(vals) else (math.nan, math.nan)
+    return out
+
+
+def roc_band(y, p, groups, n_resamples: int = 1000, seed: int = 0, grid_points: int = 101):
+    """(fpr grid, low tpr, high tpr): the 95% bootstrap band of the ROC curve."""
+    y, p = _as_arrays(y, p)
+    grid = np.linspace(0, 1, grid_points)
+    curves = []
+    for idx in patient_resamples(groups, n_resamples, seed):
+        if has_both_classes(y[idx]):
+            fpr, tpr, _ = roc_curve(y[idx], p[idx])
+            curves.append(np.interp(grid, fpr, tpr))
+    curves = np.asarray(curves)
+    return grid, np.percentile(curves, 2.5, axis=0), np.percentile(curves, 97.5, axis=0)
+
+
+# ------------------------------------------------------------------------------------ calibration
+def sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
+
+
+def fit_temperature(logits, y, iterations: int = 200) -> tuple[float, float]:
+    """(temperature, bias) minimising the log loss of sigmoid(logit / T + b) on a labelled set.
+
+    A bias term is fitted with the temperature because weighted BCE (pos_weight w) shifts every
+    logit by about log(w); a temperature alone can rescale but not shift. Both keep the ranking,
+    so AUC is unchanged.
+    """
+    import torch
+    z = torch.as_tensor(np.asarray(logits, dtype=np.float64))
+    t = torch.as_tensor(np.asarray(y, dtype=np.float64))
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t, bias], lr=0.5, max_iter=iterations, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(z / log_t.exp() + bias, t)
+        loss.backward()
+        return loss
+    opt.step(closure)
+    return float(log_t.detach().exp()), float(bias.detach())
+
+
+def calibrated(logits, temperature: float = 1.0, bias: float = 0.0):
+    return sigmoid(np.asarray(logits, dtype=np.float64) / temperature + bias)
+
+
+def reliability_bins(y, p, bins: int = 10):
+    """(mean probability, observed rate, count) per equal-width bin, for the reliability diagram."""
+    y, p = _as_arrays(y, p)
+    which = np.minimum((p * bins).astype(np.int64), bins - 1)
+    count = np.bincount(which, minlength=bins)
+    conf = np.bincount(which, weights=p, minlength=bins) / np.maximum(count, 1)
+    rate = np.bincount(which, weights=y, minlength=bins) / np.maximum(count, 1)
+    return conf, rate, count

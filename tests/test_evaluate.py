@@ -1,0 +1,130 @@
+"""evaluate.py: report, plots, saved threshold/calibration, bootstrap behaviour, and bad input."""
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_script
+from src.training import metrics as M
+from src.training.checkpoint import load_checkpoint
+
+
+def test_patients_are_resampled_as_whole_groups():
+    groups = np.array(["a"] * 3 + ["b"] * 5 + ["c"] * 1 + ["d"] * 2)
+    for idx in M.patient_resamples(groups, 50, seed=1):
+        counts = np.bincount(idx, minlength=len(groups))
+        for g in np.unique(groups):
+            assert len(set(counts[groups == g])) == 1  # every image of a drawn patient, equally often
+        assert len(set(groups[idx])) <= 4
+
+
+def ci_width(n_patients, seed=0):
+    rng = np.random.default_rng(seed)
+    groups = np.repeat(np.arange(n_patients), 4)
+    y = (rng.random(len(groups)) < 0.2).astype(int)
+    s = y + rng.normal(0, 0.8, len(groups))
+    low, high = M.bootstrap(y, s, groups, {"auc": M.roc_auc}, 400, seed)["auc"]
+    return M.roc_auc(y, s), low, high
+
+
+def test_bootstrap_interval_contains_estimate_and_narrows():
+    small, large = ci_width(50), ci_width(1000)
+    for point, low, high in (small, large):
+        assert low <= point <= high
+    assert (large[2] - large[1]) < 0.5 * (small[2] - small[1])
+
+
+def test_grouped_interval_is_wider_than_image_level_for_correlated_patients():
+    rng = np.random.default_rng(3)
+    patient_effect = rng.normal(0, 1.0, 100)
+    groups = np.repeat(np.arange(100), 10)
+    y = np.repeat(rng.random(100) < 0.3, 10).astype(int)  # all of a patient's lesions alike
+    s = y + np.repeat(patient_effect, 10) + rng.normal(0, 0.3, 1000)
+    grouped = M.bootstrap(y, s, groups, {"auc": M.roc_auc}, 300, 0)["auc"]
+    per_image = M.bootstrap(y, s, np.arange(1000), {"auc": M.roc_auc}, 300, 0)["auc"]
+    assert grouped[1] - grouped[0] > 1.5 * (per_image[1] - per_image[0])
+
+
+def test_temperature_and_bias_recover_a_shift():
+    rng = np.random.default_rng(0)
+    true_logit = rng.normal(-2, 2, 20000)
+    y = (rng.random(20000) < M.sigmoid(true_logit)).astype(int)
+    t, b = M.fit_temperature(2 * true_logit + 3, y)  # overconfident and shifted, as with pos_weight
+    assert t == pytest.approx(2, rel=0.1) and b == pytest.approx(-1.5, abs=0.2)
+
+
+def test_report_on_the_runs_validation_split(trained_run, tmp_path):
+    out_dir, best = trained_run
+    history = json.loads((out_dir / "training_history.json").read_text())
+    r = run_script("src/training/evaluate.py", "--checkpoint", best, "--bootstrap", 200, "--workers", 0)
+    assert r.returncode == 0, r.stderr
+    report = json.loads((out_dir / "eval" / "report.json").read_text())
+    assert report["metrics"]["roc_auc"] == pytest.approx(history["best_val_auc"], abs=1e-9)
+    low, high = report["ci95"]["roc_auc"]
+    assert low <= report["metrics"]["roc_auc"] <= high
+    assert set(report["plots"]) == {"ROC curve", "Precision-recall", "Reliability diagram", "Score histograms",
+                                    "Training curves"}
+    for name in report["plots"].values():
+        image = cv2.imread(str(out_dir / "eval" / name))
+        assert image is not None and image.shape[0] > 300 and image.std() > 10
+        assert f"({name})" in (out_dir / "eval" / "report.md").read_text()
+    ckpt = load_checkpoint(best)  # threshold and calibration saved where prediction reads them
+    assert ckpt["threshold"] == pytest.approx(report["operating_point"]["threshold"])
+    assert ckpt["calibrated_on"] == "the run's validation split" and ckpt["temperature"] > 0
+    assert report["operating_point"]["sensitivity"] >= 0.9
+    assert "all_benign_accuracy" in report and "Accuracy" in (out_dir / "eval" / "report.md").read_text()
+
+
+def test_external_set_uses_saved_threshold(trained_run, demo_dir, tmp_path):
+    _, best = trained_run
+    saved = load_checkpoint(best)["threshold"]
+    out = tmp_path / "ext"
+    r = run_script("src/training/evaluate.py", "--checkpoint", best, "--metadata", demo_dir / "metadata.csv",
+                   "--out", out, "--bootstrap", 100, "--workers", 0, "--tta")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["operating_point"]["threshold"] == pytest.approx(saved) and report["tta"] is True
+    assert report["set"]["images"] == 80
+
+
+def one_class_set(demo_dir, tmp_path, keep):
+    import pandas as pd
+    data = tmp_path / "set"
+    shutil.copytree(demo_dir, data)
+    table = pd.read_csv(data / "metadata.csv")
+    table[table.target == keep].to_csv(data / "metadata.csv", index=False)
+    return data
+
+
+@pytest.mark.parametrize("case,message", [
+    ("one class", "the evaluation set has only benign images"),
+    ("empty", "the evaluation set is empty"),
+    ("missing images", "images listed are missing from"),
+    ("foreign checkpoint", "is not a checkpoint of this project"),
+    ("corrupted checkpoint", "is not a readable PyTorch checkpoint"),
+])
+def test_bad_input_gives_a_clear_error(trained_run, demo_dir, tmp_path, case, message):
+    _, best = trained_run
+    ckpt, data = best, demo_dir
+    if case == "one class":
+        data = one_class_set(demo_dir, tmp_path, keep=0)
+    elif case == "empty":
+        data = one_class_set(demo_dir, tmp_path, keep=0)
+        for image in data.glob("ISIC_*.jpg"):
+            image.write_bytes(b"")  # every file unreadable: nothing left to evaluate
+    elif case == "missing images":
+        data = one_class_set(demo_dir, tmp_path, keep=0)
+        next(data.glob("ISIC_*.jpg")).unlink()
+    elif case == "foreign checkpoint":
+        ckpt = tmp_path / "other.pth"
+        torch.save({"state_dict": {}}, ckpt)
+    else:
+        ckpt = tmp_path / "broken.pth"
+        ckpt.write_bytes(best.read_bytes()[:5000])
+    r = run_script("src/training/evaluate.py", "--checkpoint", ckpt, "--metadata", data / "metadata.csv",
+                   "--bootstrap", 10, "--workers", 0, "--out", tmp_path / "out")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr

@@ -61,3 +61,17 @@ def trained_run(demo_dir, tmp_path_factory):
     assert r.returncode == 0, r.stderr
     history = json.loads((out / "training_history.json").read_text())
     return out, out / history["best_checkpoint"]
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """The real `--demo` preset, cut to one epoch: (checkpoint dir, best checkpoint) on the demo's 239 validation images."""
+    import json
+    root = tmp_path_factory.mktemp("demo_run")
+    out = root / "checkpoints"
+    r = run_script("src/training/train.py", "--demo", f"--DATA_DIR={root / 'demo'}",
+                   f"--METADATA_CSV={root / 'demo' / 'metadata.csv'}", f"--CHECKPOINT_DIR={out}", "--NUM_EPOCHS=1",
+                   "--NUM_WORKERS=0")
+    assert r.returncode == 0, r.stderr
+    history = json.loads((out / "training_history.json").read_text())
+    return out, out / history["best_checkpoint"]

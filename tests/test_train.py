@@ -125,11 +125,12 @@ def test_ctrl_c_exits_cleanly_with_last_checkpoint(demo_dir, tmp_path):
     assert load_checkpoint(out / "last.pth")["epoch"] >= 1
 
 
-def test_existing_run_is_not_overwritten(demo_dir, tmp_path):
-    out = tmp_path / "run"
-    assert run_script(*tiny_args(demo_dir, out, 1)).returncode == 0
+def test_existing_run_is_not_overwritten(demo_dir, trained_run):
+    out, _ = trained_run
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     r = run_script(*tiny_args(demo_dir, out, 1))
     assert r.returncode == 1 and "already holds a run (last.pth)" in r.stderr and "--RESUME=True" in r.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
 
 def test_no_data_explains_how_to_get_it_and_the_demo(tmp_path):
@@ -141,8 +142,7 @@ def test_no_data_explains_how_to_get_it_and_the_demo(tmp_path):
 def test_bad_override_lists_valid_names(tmp_path):
     r = run_script("src/training/train.py", "--EPOCHS=3")
     assert r.returncode == 2 and "unknown setting 'EPOCHS'" in r.stderr and "NUM_EPOCHS" in r.stderr
-    r = run_script("src/training/train.py", "--BATCH_SIZE=big")
-    assert r.returncode == 2 and "--BATCH_SIZE=big: expected a int" in r.stderr
+    assert "Traceback" not in r.stderr  # wrong types: tests/test_config_model_checkpoint.py
 
 
 def test_two_process_gloo_run_matches_single_process_evaluation(demo_dir, tmp_path):

@@ -7,17 +7,31 @@ import tempfile
 from pathlib import Path
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    path = Path(path)
+def temporary_beside(path: Path) -> str:
+    """A new temporary file next to `path`, with the permissions a plain open() would give
+    (mkstemp makes it owner-only, which would hide checkpoints from e.g. a service's user)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return tmp
+
+
+def replace_atomically(path: str | Path, write) -> None:
+    """Call write(temporary_path), then rename it over `path`; on any failure `path` is untouched."""
+    tmp = temporary_beside(Path(path))
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    replace_atomically(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -74,6 +74,14 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a JPEG or PNG from its header alone: lets a server refuse a decompression
+    bomb (a small file that decodes to billions of pixels) before decoding anything."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+        return struct.unpack(">II", data[16:24])
+    return jpeg_size(data[:65536])
+
+
 def jpeg_is_truncated(data: bytes) -> bool:
     """True if the last scan never reaches the end-of-image marker (a cut-off download).
 

@@ -115,8 +115,13 @@ def _colour(x: torch.Tensor, gen) -> torch.Tensor:
     return torch.einsum("nij,njhw->nihw", matrix, x)
 
 
-def dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:
-    """The 8 flips/transposes of a square batch, for test-time augmentation (lesions have no 'up')."""
+def dihedral_views(x):
+    """The 8 flips/transposes of a square (N, C, S, S) batch, torch or numpy, for test-time
+    augmentation (lesions have no 'up'). Numpy stays numpy, so an ONNX Runtime caller never wakes
+    PyTorch's thread pool, whose spinning threads would compete with ONNX Runtime's for the cores."""
+    if isinstance(x, np.ndarray):
+        flips = lambda t: [t, t[..., ::-1], t[..., ::-1, :], t[..., ::-1, ::-1]]  # noqa: E731
+        return flips(x) + flips(x.transpose(0, 1, 3, 2))
     views = []
     for t in (x, x.transpose(2, 3)):
         views += [t, t.flip(3), t.flip(2), t.flip(2, 3)]

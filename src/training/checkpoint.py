@@ -6,16 +6,15 @@ Writes go to a temporary file and are renamed into place, so a crash leaves the 
 """
 from __future__ import annotations
 
-import os
 import pickle
 import platform
-import tempfile
 import zipfile
 from pathlib import Path
 
 import torch
 import torchvision
 
+from src.data.atomic import replace_atomically
 from src.training.model import MelanomaNet
 
 FORMAT = "melanoma-classifier/1"
@@ -32,16 +31,7 @@ def versions() -> dict:
 
 
 def save_checkpoint(obj: dict, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    replace_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:

@@ -38,6 +38,14 @@ class Runtime:
     rank: int = 0
     world_size: int = 1
 
+    @classmethod
+    def for_inference(cls) -> "Runtime":
+        """CUDA with bf16 autocast when available, else CPU fp32: evaluation and prediction share it,
+        so that they compute the same probabilities."""
+        if torch.cuda.is_available():
+            return cls(torch.device("cuda"), torch.bfloat16 if torch.cuda.is_bf16_supported() else None)
+        return cls(torch.device("cpu"))
+
     def autocast(self):
         if self.amp_dtype is None:
             return contextlib.nullcontext()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -24,7 +25,6 @@ if __name__ == "__main__":
 
 import numpy as np
 import pandas as pd
-import torch
 
 from src.data.atomic import atomic_write_json, atomic_write_text
 from src.data.dataset import ImageDataset, make_loader
@@ -68,12 +68,11 @@ def external_set(metadata: str, images: str | None, img_size: int) -> tuple[pd.D
 
 
 def run_predictions(model, table: pd.DataFrame, img_size: int, args) -> dict:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    rt = Runtime(device, torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None)
-    model = model.to(device)
-    workers = args.workers if args.workers >= 0 else min(8, __import__("os").cpu_count() or 1)
+    rt = Runtime.for_inference()
+    model = model.to(rt.device)
+    workers = args.workers if args.workers >= 0 else min(8, os.cpu_count() or 1)
     loader = make_loader(ImageDataset(table["path"], table["target"], img_size), args.batch_size,
-                         workers=workers, pin_memory=device.type == "cuda")
+                         workers=workers, pin_memory=rt.device.type == "cuda")
     return predict(model, loader, rt, tta=args.tta, desc="evaluate")
 
 

@@ -1,0 +1,24 @@
+# CPU inference service: FastAPI + uvicorn, PyTorch CPU wheels, non-root, health-checked.
+#   docker build -t melanoma-api .
+#   docker run -p 8000:8000 -v "$PWD/checkpoints:/models:ro" \
+#       -e MODEL_PATH=/models/best_model_epochN.pth melanoma-api
+# MODEL_PATH may name an exported .onnx model instead (src/inference/export.py).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
+    MODEL_PATH=/models/model.pth THREADS=4
+WORKDIR /app
+
+# CPU-only torch/torchvision first (the default PyPI wheels bring several GB of CUDA libraries).
+RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch>=2.4" "torchvision>=0.19"
+COPY requirements.txt .
+RUN pip install -r requirements.txt
+
+COPY src/ src/
+RUN useradd --create-home --uid 10001 app
+USER app
+
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD python -c "import urllib.request, sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4).status != 200)"
+CMD ["uvicorn", "src.inference.serve:app", "--host", "0.0.0.0", "--port", "8000"]

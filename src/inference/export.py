@@ -1,0 +1,170 @@
+"""Export a checkpoint to ONNX, check it against PyTorch, and optionally quantize it to int8.
+
+    python src/inference/export.py --checkpoint CKPT [--out model.onnx] [--int8] [--images DIR]
+
+The ONNX model takes float32 (N, 3, S, S) RGB images in 0..255 (any batch size); normalisation is
+inside the graph, and the image size, calibration and threshold travel in its metadata, so
+predict.py and the service use it exactly like the checkpoint. The export is checked on real
+images (the run's validation split, or --images): probabilities must match PyTorch within 1e-4.
+--int8 also writes a statically quantized model (QDQ, per-channel int8 weights, activations
+calibrated on validation images) with ONNX Runtime, and prints its AUC next to fp32's.
+TensorRT: `trtexec --onnx=model.onnx --saveEngine=model.plan --fp16` builds an engine from the export.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import numpy as np
+import torch
+
+from src.data.atomic import replace_atomically
+from src.data.images import index_images
+from src.data.loader import DataError
+from src.data.splits import SplitError
+from src.data.transforms import load_input
+from src.inference.predictor import ONNX_INPUT, Predictor
+from src.training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from src.training.evaluate import EvaluationError, own_validation_set
+from src.training.metrics import calibrated, roc_auc
+
+PARITY_TOLERANCE = 1e-4
+NEW_EXPORTER = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 9)
+SETTING_KEYS = ("arch", "img_size", "mean", "std", "threshold", "temperature", "logit_bias", "threshold_rule",
+                "calibrated_on", "epoch", "metrics")
+
+
+def settings_of(ckpt: dict, source: str) -> dict:
+    settings = {k: ckpt[k] for k in SETTING_KEYS if k in ckpt}
+    settings.update({"source_checkpoint": source, "input": "float32 (N, 3, S, S) RGB 0..255; normalised in the graph"})
+    return settings
+
+
+def export_onnx(model, img_size: int, path: Path, settings: dict) -> Path:
+    """Write the fp32 ONNX model (dynamic batch axis) with the settings in its metadata."""
+    import onnx
+    model = model.cpu().eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "raw.onnx"
+        example = (torch.zeros(2, 3, img_size, img_size),)
+        names = {"input_names": [ONNX_INPUT], "output_names": ["logits"]}
+        if NEW_EXPORTER:
+            torch.onnx.export(model, example, str(raw), dynamo=True, verbose=False, optimize=True,
+                              dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},), **names)
+        else:  # torch < 2.9: the TorchScript exporter, then the default
+            torch.onnx.export(model, example, str(raw), opset_version=17,
+                              dynamic_axes={ONNX_INPUT: {0: "batch"}, "logits": {0: "batch"}}, **names)
+        graph = onnx.load(str(raw))  # also pulls in weights the exporter stored beside the file
+    entry = graph.metadata_props.add()
+    entry.key, entry.value = "settings", json.dumps(settings)
+    replace_atomically(path, lambda tmp: onnx.save(graph, tmp))
+    return path
+
+
+def real_inputs(ckpt: dict, ckpt_path: Path, images: str | None, limit: int):
+    """(uint8 batch, labels or None) of real images: --images, else the run's validation split."""
+    size = ckpt["img_size"]
+    if images:
+        paths = sorted(index_images(images).values())[:limit]
+        if not paths:
+            raise DataError(f"no images in {images}/")
+        return torch.stack([load_input(p, size) for p in paths]), None
+    table, _ = own_validation_set(ckpt, ckpt_path)
+    table = table.sample(n=min(limit, len(table)), random_state=0) if len(table) > limit else table
+    return torch.stack([load_input(p, size) for p in table["path"]]), table["target"].to_numpy()
+
+
+def check_parity(model, onnx_path: Path, x: torch.Tensor, ckpt: dict) -> float:
+    """Largest |p_onnx - p_pytorch| over the real inputs (calibrated probabilities)."""
+    with torch.no_grad():
+        reference = model.cpu().eval()(x).numpy()
+    exported = Predictor(onnx_path).logits(x)
+    t, b = ckpt.get("temperature", 1.0), ckpt.get("logit_bias", 0.0)
+    return float(np.abs(calibrated(exported, t, b) - calibrated(reference, t, b)).max())
+
+
+def quantize_int8(fp32_path: Path, out: Path, x: torch.Tensor, settings: dict) -> Path:
+    """Static int8 (QDQ, per-channel weights), activation ranges calibrated on the images in x."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(x.float().numpy()[i:i + 16] for i in range(0, len(x), 16))
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {ONNX_INPUT: batch}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        quantize_static(str(prepared), str(quantized), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        graph = onnx.load(str(quantized))
+    del graph.metadata_props[:]
+    entry = graph.metadata_props.add()
+    entry.key = "settings"
+    entry.value = json.dumps({**settings, "quantization": f"int8 static QDQ, per-channel weights, "
+                                                          f"activations calibrated on {len(x)} images"})
+    replace_atomically(out, lambda tmp: onnx.save(graph, tmp))
+    return out
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description="Export a checkpoint to ONNX (and int8).")
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--out", help="ONNX path (default: the checkpoint's name with .onnx)")
+    ap.add_argument("--int8", action="store_true", help="also write a statically quantized int8 model")
+    ap.add_argument("--images", help="folder of real images for the parity check and int8 calibration "
+                                     "(default: the run's validation split)")
+    ap.add_argument("--calibration-images", type=int, default=256)
+    return ap.parse_args(argv)
+
+
+def export(args) -> dict:
+    ckpt_path = Path(args.checkpoint)
+    ckpt = load_checkpoint(ckpt_path)
+    model = model_from_checkpoint(ckpt)
+    out = Path(args.out) if args.out else ckpt_path.with_suffix(".onnx")
+    settings = settings_of(ckpt, ckpt_path.name)
+    x, labels = real_inputs(ckpt, ckpt_path, args.images, args.calibration_images)
+    export_onnx(model, ckpt["img_size"], out, settings)
+    result = {"onnx": str(out), "parity_max_abs_diff": check_parity(model, out, x[:64], ckpt), "images": len(x)}
+    if result["parity_max_abs_diff"] > PARITY_TOLERANCE:
+        raise EvaluationError(f"ONNX export differs from PyTorch by {result['parity_max_abs_diff']:.2e} "
+                              f"(tolerance {PARITY_TOLERANCE}); not using it")
+    if args.int8:
+        int8 = quantize_int8(out, out.with_name(out.stem + "_int8.onnx"), x, settings)
+        result["int8"] = str(int8)
+        if labels is not None and len(set(labels)) == 2:
+            fp32_p, int8_p = Predictor(out).logits(x), Predictor(int8).logits(x)
+            result["auc_fp32"], result["auc_int8"] = roc_auc(labels, fp32_p), roc_auc(labels, int8_p)
+    return result
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        result = export(args)
+    except (CheckpointError, DataError, SplitError, EvaluationError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {result['onnx']}: max |p_onnx - p_pytorch| = {result['parity_max_abs_diff']:.2e} "
+          f"on {min(64, result['images'])} real images (tolerance {PARITY_TOLERANCE})")
+    if "int8" in result:
+        auc = (f"; AUC on {result['images']} validation images: fp32 {result['auc_fp32']:.4f}, "
+               f"int8 {result['auc_int8']:.4f}") if "auc_int8" in result else ""
+        print(f"wrote {result['int8']}{auc}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Grad-CAM on the last convolutional block: where in the image the melanoma logit came from."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from src.training.model import MelanomaNet
+
+
+def grad_cam(model: MelanomaNet, image: torch.Tensor) -> np.ndarray:
+    """(3, S, S) uint8 image -> (S, S) float map in [0, 1] (Selvaraju et al., 2017).
+
+    Not thread-safe (it hooks the shared model): callers serialise it.
+    """
+    store = {}
+    device = next(model.parameters()).device
+
+    def keep(module, inputs, output):
+        store["activation"] = output
+        output.register_hook(lambda grad: store.__setitem__("gradient", grad))
+
+    handle = model.backbone.layer4.register_forward_hook(keep)
+    try:
+        with torch.enable_grad():
+            model.zero_grad(set_to_none=True)
+            logit = model(image[None].to(device))
+            logit.sum().backward()
+    finally:
+        handle.remove()
+        model.zero_grad(set_to_none=True)
+    weights = store["gradient"].mean(dim=(2, 3), keepdim=True)  # one weight per channel
+    cam = F.relu((weights * store["activation"]).sum(dim=1, keepdim=True))
+    cam = F.interpolate(cam, size=image.shape[1:], mode="bilinear", align_corners=False)[0, 0]
+    cam = cam.detach().cpu().numpy()
+    return cam / cam.max() if cam.max() > 0 else cam
+
+
+def overlay(image: torch.Tensor, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """RGB uint8 (S, S, 3): the model's input with the heat map blended over it."""
+    rgb = image.permute(1, 2, 0).cpu().numpy()
+    heat = cv2.applyColorMap(np.uint8(255 * cam), cv2.COLORMAP_JET)[..., ::-1]
+    return np.uint8((1 - alpha) * rgb + alpha * heat)
+
+
+def overlay_png(image: torch.Tensor, cam: np.ndarray) -> bytes:
+    ok, png = cv2.imencode(".png", cv2.cvtColor(overlay(image, cam), cv2.COLOR_RGB2BGR))
+    return png.tobytes()

@@ -1,0 +1,104 @@
+"""A loaded model, PyTorch checkpoint (.pth) or ONNX export (.onnx), behind one interface.
+
+Everything that turns pixels into a probability comes from the model file: image size, calibration
+(temperature and bias) and the decision threshold. Images go through the data layer's one
+preprocessing path (src/data/transforms.py), so a prediction here equals what evaluation computed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from src.data.transforms import dihedral_views, load_input_bytes
+from src.training.checkpoint import CheckpointError, load_model
+from src.training.engine import Runtime
+from src.training.metrics import calibrated
+
+ONNX_INPUT = "images"  # float32 (N, 3, S, S), RGB 0..255; normalisation is inside the graph
+
+
+def file_version(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"{path.name}@{digest.hexdigest()[:12]}"
+
+
+class Predictor:
+    def __init__(self, path: str | Path, threads: int | None = None):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CheckpointError(f"model file not found: {self.path}")
+        if threads:
+            torch.set_num_threads(threads)
+        if self.path.suffix.lower() == ".onnx":
+            self._load_onnx(threads)
+        else:
+            self._load_torch()
+        self.version = file_version(self.path)
+
+    def _load_torch(self) -> None:
+        self.model, ckpt = load_model(self.path)
+        self.rt = Runtime.for_inference()
+        self.model.to(self.rt.device)
+        self.kind, self.session = "pytorch", None
+        self._settings(ckpt)
+
+    def _load_onnx(self, threads: int | None) -> None:
+        import onnxruntime as ort
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or 0
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types for invalid files
+            raise CheckpointError(f"{self.path} is not a loadable ONNX model: {str(e).splitlines()[0]}") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if "settings" not in meta:
+            raise CheckpointError(f"{self.path} was not exported by src/inference/export.py (no settings metadata)")
+        self.kind, self.model, self.rt = "onnx", None, None
+        self._settings(json.loads(meta["settings"]))
+
+    def _settings(self, s: dict) -> None:
+        self.arch, self.img_size = s["arch"], int(s["img_size"])
+        self.threshold = float(s.get("threshold", 0.5))
+        self.temperature, self.bias = float(s.get("temperature", 1.0)), float(s.get("logit_bias", 0.0))
+        self.calibrated_on = s.get("calibrated_on")
+        self.metrics = s.get("metrics") or {}
+        self.epoch = s.get("epoch")
+
+    def info(self) -> dict:
+        return {"model_file": self.path.name, "version": self.version, "kind": self.kind, "architecture": self.arch,
+                "image_size": self.img_size, "threshold": self.threshold, "temperature": self.temperature,
+                "logit_bias": self.bias, "calibrated_on": self.calibrated_on, "epoch": self.epoch,
+                "training_metrics": {k: v for k, v in self.metrics.items() if k.startswith("val_")}}
+
+    @torch.no_grad()
+    def logits(self, images: torch.Tensor, tta: bool = False) -> np.ndarray:
+        """(N, 3, S, S) uint8 (torch or numpy) -> (N,) logits, averaged over the 8 flips/transposes with tta."""
+        if self.kind == "onnx":
+            x = images.numpy() if isinstance(images, torch.Tensor) else images
+            views = dihedral_views(x) if tta else [x]
+            outs = [self.session.run(None, {ONNX_INPUT: np.ascontiguousarray(v, dtype=np.float32)})[0] for v in views]
+            return np.mean(outs, axis=0).astype(np.float32)
+        x = self.rt.to_device(images)
+        with self.rt.autocast():
+            out = torch.stack([self.model(v).float() for v in (dihedral_views(x) if tta else [x])]).mean(0)
+        return out.cpu().numpy()
+
+    def probabilities(self, logits) -> np.ndarray:
+        return calibrated(logits, self.temperature, self.bias)
+
+    def predict_bytes(self, data: bytes, tta: bool = False, name: str = "upload") -> dict:
+        x = load_input_bytes(data, self.img_size, name)[None]
+        p = float(self.probabilities(self.logits(x, tta))[0])
+        return {"probability": p, "label": int(p >= self.threshold), "threshold": self.threshold}
+
+
+def default_threads() -> int:
+    return int(os.environ.get("THREADS", min(4, os.cpu_count() or 1)))

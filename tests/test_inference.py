@@ -1,0 +1,94 @@
+"""Prediction CLI, Grad-CAM, ONNX export and int8: equal to evaluation, within tolerance, and honest about AUC."""
+import shutil
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import run_script
+from src.data.transforms import load_input
+from src.inference.predictor import Predictor
+from src.training.checkpoint import load_model
+from src.training.metrics import roc_auc
+
+
+def test_cli_predictions_equal_evaluation_probabilities(trained_run, demo_dir, tmp_path):
+    out_dir, best = trained_run
+    r = run_script("src/training/evaluate.py", "--checkpoint", best, "--bootstrap", 20, "--workers", 0)
+    assert r.returncode == 0, r.stderr
+    evaluated = pd.read_csv(out_dir / "eval" / "predictions.csv")
+    r = run_script("src/inference/predict.py", "--checkpoint", best, demo_dir / "metadata.csv",
+                   "--out", tmp_path / "p.csv", "--workers", 0)
+    assert r.returncode == 0, r.stderr
+    predicted = pd.read_csv(tmp_path / "p.csv")
+    assert list(predicted.columns) == ["image_name", "target", "label", "error"] and len(predicted) == 80
+    both = evaluated.merge(predicted, on="image_name")
+    assert len(both) == len(evaluated) > 0
+    np.testing.assert_allclose(both["target_y"], both["probability"], rtol=0, atol=1e-6)
+    threshold = load_model(best)[1]["threshold"]
+    assert (both["label"] == (both["target_y"] >= threshold).astype(int)).all()
+
+
+def test_cli_lists_unreadable_files_and_predicts_the_rest(trained_run, demo_dir, tmp_path):
+    _, best = trained_run
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("ISIC_9000001.jpg", "ISIC_9000002.jpg"):
+        shutil.copy(demo_dir / name, folder / name)
+    (folder / "ISIC_zero.jpg").write_bytes(b"")
+    (folder / "ISIC_text.png").write_text("hello")
+    r = run_script("src/inference/predict.py", "--checkpoint", best, folder, "--out", tmp_path / "p.csv",
+                   "--workers", 0, "--tta", "--explain", tmp_path / "cams")
+    assert r.returncode == 0, r.stderr
+    assert "2 images predicted, 2 unreadable" in r.stdout
+    p = pd.read_csv(tmp_path / "p.csv", keep_default_na=False).set_index("image_name")
+    assert p.loc["ISIC_zero", "error"] == "empty file (0 bytes)"
+    assert p.loc["ISIC_text", "error"] == "not a readable image (JPEG or PNG expected)"
+    assert 0 <= float(p.loc["ISIC_9000001", "target"]) <= 1 and p.loc["ISIC_9000001", "error"] == ""
+    assert sorted(f.name for f in (tmp_path / "cams").iterdir()) == ["ISIC_9000001_gradcam.png", "ISIC_9000002_gradcam.png"]
+
+
+def test_cli_single_image_and_bad_checkpoint(trained_run, demo_dir, tmp_path):
+    _, best = trained_run
+    r = run_script("src/inference/predict.py", "--checkpoint", best, demo_dir / "ISIC_9000003.jpg", "--out", tmp_path / "p.csv")
+    assert r.returncode == 0 and len(pd.read_csv(tmp_path / "p.csv")) == 1
+    r = run_script("src/inference/predict.py", "--checkpoint", tmp_path / "none.pth", demo_dir)
+    assert r.returncode == 1 and "model file not found" in r.stderr
+
+
+def test_grad_cam_overlay_has_the_input_size_and_is_not_constant(trained_run, demo_dir):
+    from src.inference.gradcam import grad_cam, overlay_png
+    _, best = trained_run
+    model, ckpt = load_model(best)
+    image = load_input(demo_dir / "ISIC_9000004.jpg", ckpt["img_size"])
+    cam = grad_cam(model, image)
+    assert cam.shape == (32, 32) and cam.min() >= 0 and cam.max() <= 1
+    png = cv2.imdecode(np.frombuffer(overlay_png(image, cam), np.uint8), cv2.IMREAD_COLOR)
+    assert png.shape == (32, 32, 3) and png.std() > 1
+    assert all(p.grad is None for p in model.parameters())  # no gradients left behind on the shared model
+
+
+def test_onnx_export_parity_and_int8_auc_on_demo_validation(demo_run, tmp_path):
+    out_dir, best = demo_run
+    r = run_script("src/inference/export.py", "--checkpoint", best, "--out", tmp_path / "m.onnx", "--int8")
+    assert r.returncode == 0, r.stderr
+    assert "tolerance 0.0001" in r.stdout
+    import pandas as pd
+    from src.data.loader import load_labeled_images
+    split = pd.read_csv(out_dir / "split.csv", dtype={"image_name": str})
+    val = split[split.split == "val"]
+    data = load_labeled_images(str(out_dir.parent / "demo" / "metadata.csv"), str(out_dir.parent / "demo"))
+    paths = data.table.set_index("image_name").loc[val.image_name, "path"]
+    x = torch.stack([load_input(p, 64) for p in paths])
+    y = val.target.to_numpy()
+    torch_model = Predictor(best)
+    fp32, int8 = Predictor(tmp_path / "m.onnx"), Predictor(tmp_path / "m_int8.onnx")
+    p_torch = torch_model.probabilities(torch_model.logits(x))
+    p_fp32 = fp32.probabilities(fp32.logits(x))
+    assert len(y) == 239 and np.abs(p_fp32 - p_torch).max() <= 1e-4
+    auc_fp32, auc_int8 = roc_auc(y, fp32.logits(x)), roc_auc(y, int8.logits(x))
+    assert abs(auc_fp32 - auc_int8) <= 0.005, (auc_fp32, auc_int8)
+    assert fp32.img_size == 64 and int8.threshold == torch_model.threshold
+    assert fp32.logits(x[:5], tta=True).shape == (5,)  # dynamic batch axis, and TTA on ONNX

@@ -1,0 +1,174 @@
+"""The HTTP service as deployed: real uvicorn on 127.0.0.1, good images, every bad input, a bounded concurrent load."""
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT, gradient_image
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_service(model_path, **env):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "src.inference.serve:app", "--host", "127.0.0.1",
+                             "--port", str(port)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, "MODEL_PATH": str(model_path), "THREADS": "2", **env})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(proc.stdout.read().decode())
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("service did not start")
+
+
+@pytest.fixture(scope="module")
+def service(trained_run):
+    proc, url = start_service(trained_run[1], MAX_UPLOAD_MB="1", MAX_PIXELS="2000000")
+    yield url, proc
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def encode(array, ext=".jpg"):
+    ok, buf = cv2.imencode(ext, array)
+    return buf.tobytes()
+
+
+def pil_bytes(image, fmt):
+    buf = io.BytesIO()
+    image.save(buf, fmt)
+    return buf.getvalue()
+
+
+def post(url, path, data, filename="x.jpg", content_type="image/jpeg"):
+    return httpx.post(url + path, files={"file": (filename, data, content_type)}, timeout=30)
+
+
+GOOD = {
+    "jpeg": (lambda: encode(gradient_image(120, 160)), "image/jpeg"),
+    "png": (lambda: encode(gradient_image(120, 160), ".png"), "image/png"),
+    "grayscale": (lambda: pil_bytes(Image.fromarray(gradient_image()[..., 0]), "JPEG"), "image/jpeg"),
+    "rgba": (lambda: pil_bytes(Image.fromarray(gradient_image()).convert("RGBA"), "PNG"), "image/png"),
+    "cmyk": (lambda: pil_bytes(Image.fromarray(gradient_image()).convert("CMYK"), "JPEG"), "image/jpeg"),
+    "16-bit": (lambda: encode((gradient_image().astype(np.uint16) * 257), ".png"), "image/png"),
+    "octet-stream": (lambda: encode(gradient_image()), "application/octet-stream"),
+}
+
+
+@pytest.mark.parametrize("kind", list(GOOD))
+def test_predict_accepts_every_image_kind(service, kind):
+    url, _ = service
+    make, content_type = GOOD[kind]
+    r = post(url, "/predict", make(), content_type=content_type)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert 0.0 <= body["probability"] <= 1.0 and body["label"] in (0, 1)
+    assert body["label"] == int(body["probability"] >= body["threshold"]) and "@" in body["model_version"]
+
+
+def truncated_jpeg():
+    data = encode(gradient_image(300, 400))
+    return data[: len(data) // 2]
+
+
+BAD = [
+    ("empty", lambda: b"", "image/jpeg", 400, "empty upload (0 bytes)"),
+    ("not an image", lambda: b"<html>hello</html>" * 10, "image/jpeg", 400, "not a readable image"),
+    ("truncated", truncated_jpeg, "image/jpeg", 400, "truncated JPEG"),
+    ("wrong type", lambda: encode(gradient_image()), "text/plain", 415, "unsupported content type 'text/plain'"),
+    ("too large", lambda: os.urandom(2 * 1024 * 1024), "image/jpeg", 413, "upload too large"),
+    ("pixel bomb", lambda: encode(np.zeros((1500, 1500, 3), np.uint8)), "image/jpeg", 413,
+     "image is 1500x1500 pixels, above the limit of 2,000,000"),
+]
+
+
+@pytest.mark.parametrize("name,make,content_type,status,message", BAD, ids=[b[0] for b in BAD])
+@pytest.mark.parametrize("path", ["/predict", "/explain"])
+def test_bad_input_gets_a_4xx_with_a_message(service, name, make, content_type, status, message, path):
+    url, proc = service
+    r = post(url, path, make(), content_type=content_type)
+    assert r.status_code == status, r.text
+    assert message in r.json()["detail"]
+    assert proc.poll() is None and httpx.get(url + "/health").status_code == 200
+
+
+def test_missing_file_field_is_a_422(service):
+    url, _ = service
+    r = httpx.post(url + "/predict", data={"other": "x"})
+    assert r.status_code == 422
+
+
+def test_explain_returns_a_grad_cam_png(service):
+    url, _ = service
+    r = post(url, "/explain", encode(gradient_image(200, 260)))
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    image = cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_COLOR)
+    assert image.shape == (32, 32, 3) and image.std() > 1
+
+
+def test_model_info_and_docs(service):
+    url, _ = service
+    info = httpx.get(url + "/model").json()
+    assert info["architecture"] == "resnet50" and info["image_size"] == 32 and "threshold" in info
+    assert "val_auc" in info["training_metrics"]
+    assert httpx.get(url + "/docs").status_code == 200
+    assert "Not a medical device" in httpx.get(url + "/openapi.json").json()["info"]["description"]
+
+
+def test_bounded_concurrent_load(service):
+    url, proc = service
+    images = [encode(gradient_image(100 + i % 7, 140)) for i in range(10)]
+
+    def one(i):
+        return post(url, "/predict", images[i % 10]).status_code
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        codes = list(pool.map(one, range(200)))
+    assert codes == [200] * 200
+    assert proc.poll() is None and httpx.get(url + "/health").json()["model_loaded"] is True
+
+
+def test_onnx_model_is_served_too(trained_run, demo_dir, tmp_path):
+    from conftest import run_script
+    _, best = trained_run
+    onnx_path = tmp_path / "model.onnx"
+    r = run_script("src/inference/export.py", "--checkpoint", best, "--out", onnx_path, "--images", demo_dir)
+    assert r.returncode == 0, r.stderr
+    proc, url = start_service(onnx_path)
+    try:
+        data = (demo_dir / "ISIC_9000001.jpg").read_bytes()
+        onnx_answer = post(url, "/predict", data).json()
+        assert httpx.get(url + "/model").json()["kind"] == "onnx"
+        r = post(url, "/explain", data)
+        assert r.status_code == 409 and "Grad-CAM needs a PyTorch checkpoint" in r.json()["detail"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    from src.inference.predictor import Predictor
+    assert onnx_answer["probability"] == pytest.approx(Predictor(best).predict_bytes(data)["probability"], abs=1e-4)
+
+
+def test_service_without_model_fails_at_start(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "uvicorn", "src.inference.serve:app", "--port", str(free_port())],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "MODEL_PATH": str(tmp_path / "missing.pth")})
+    assert r.returncode != 0 and f"error: model file not found: {tmp_path / 'missing.pth'}" in r.stderr

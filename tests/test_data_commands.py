@@ -47,6 +47,8 @@ def test_check_command_on_real_isic2017():
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     assert (report["rows"], report["melanoma"], report["split"]["patients_in_both"]) == (2750, 521, 0)
+    r = run_script("src/data/loader.py", "--metadata", csvs, "--images", SHARED / "images" / "isic2017_256")
+    assert "these labels have no patient ids: one patient's images may still fall on both sides" in r.stdout
 
 
 def test_prepare_is_resumable_atomic_and_lists_unreadable(demo_dir, tmp_path):

@@ -194,12 +194,19 @@ def print_report(report: dict) -> None:
         print(f"  {item['path']}: {item['reason']}")
     if report["cache"]:
         print(f"cache:         {report['cache']}")
+    unit = "patients" if report["patients"] else "groups"
     for name in ("train", "val"):
         s = report["split"].get(name, {})
         print(f"{name + ':':<15}{s.get('images', 0):,} images, {s.get('melanoma', 0):,} melanoma "
-              f"({100 * s.get('melanoma_rate', 0):.2f}%), {s.get('patients', 0):,} patients")
+              f"({100 * s.get('melanoma_rate', 0):.2f}%), {s.get('patients', 0):,} {unit}")
     leak = report["split"]["patients_in_both"]
-    print(f"leak check:    {'OK, no patient in both splits' if leak == 0 else f'{leak} patients in both!'}")
+    if leak:
+        print(f"leak check:    {leak} patients in both splits!")
+    elif report["patients"]:
+        print("leak check:    OK, no patient in both splits")
+    else:
+        print("leak check:    no group in both splits, but these labels have no patient ids: "
+              "one patient's images may still fall on both sides")
 
 
 def main(argv=None) -> int:

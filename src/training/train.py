@@ -163,6 +163,15 @@ def get_split(table: pd.DataFrame, c, out: Path, rank: int) -> pd.DataFrame:
     return split
 
 
+def split_grouping(table: pd.DataFrame) -> str:
+    """What the split kept together, said plainly: without patient ids a patient can be on both sides."""
+    if (table["patient_id"].astype(str).str.strip() != "").all():
+        return "no patient in both"
+    if (table["lesion_id"].astype(str).str.strip() != "").any():
+        return "grouped by patient where known, else lesion, else image (labels lack some patient ids)"
+    return "grouped by image only: these labels have no patient or lesion ids, so one patient may be on both sides"
+
+
 def resolve_workers(requested: int) -> int:
     return min(os.cpu_count() or 1, 16) if requested < 0 else requested
 
@@ -317,7 +326,7 @@ def fit(c, rank: int, world: int, local_rank: int) -> int:
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
     train_loader, val_loader, sampler, pos_weight, train_t, val_t = make_loaders(table, split, c, rt)
-    log(f"Split: {len(train_t):,} train / {len(val_t):,} val images, no patient in both "
+    log(f"Split: {len(train_t):,} train / {len(val_t):,} val images, {split_grouping(table)} "
         f"(saved to {out / 'split.csv'}); imbalance: {c.IMBALANCE}"
         + (f" (pos_weight {pos_weight:.1f})" if c.IMBALANCE == "weighted_bce" else ""), rank=rank)
     steps = min(len(train_loader), c.MAX_STEPS_PER_EPOCH) if c.MAX_STEPS_PER_EPOCH else len(train_loader)

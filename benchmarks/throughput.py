@@ -188,7 +188,7 @@ def bench_data(args, rt: Runtime, paths, targets) -> dict:
     start_mem, count, start = worker_memory_mb(it), 0, time.perf_counter()
     mid_mem, half = [], (len(loader) - args.warmup_steps) // 2
     for step, (images, *_) in enumerate(it):
-        augment_batch(rt.to_device(images), gen)
+        rt.layout(augment_batch(rt.transfer(images), gen))
         count += len(images)
         if step == half:
             mid_mem = worker_memory_mb(it)  # steady state: growth after here would be a leak

@@ -3,7 +3,6 @@ import json
 import shutil
 
 import cv2
-import pytest
 
 from conftest import SHARED, needs_shared, run_script
 
@@ -76,3 +75,15 @@ def test_demo_dataset_is_deterministic(tmp_path):
     assert a.read_text() == b.read_text()
     assert (tmp_path / "a" / "ISIC_9000003.jpg").read_bytes() == (tmp_path / "b" / "ISIC_9000003.jpg").read_bytes()
     assert "SYNTHETIC" in (tmp_path / "a" / "SYNTHETIC_README.txt").read_text()
+
+
+def test_loader_uses_a_large_enough_cache_and_falls_back_otherwise(demo_dir, tmp_path, capsys):
+    from src.data.loader import load_labeled_images
+    from src.data.prepare import prepare_cache
+    cache = tmp_path / "cache"
+    prepare_cache(str(demo_dir), str(cache), size=96, workers=1, progress=False)
+    data = load_labeled_images(str(demo_dir / "metadata.csv"), str(demo_dir), img_size=64, cache_dir=str(cache))
+    assert data.cache_dir == str(cache) and all(p.startswith(str(cache)) for p in data.table["path"])
+    data = load_labeled_images(str(demo_dir / "metadata.csv"), str(demo_dir), img_size=128, cache_dir=str(cache))
+    assert data.cache_dir is None and not any(p.startswith(str(cache)) for p in data.table["path"])
+    assert "holds 96 px images, smaller than IMG_SIZE=128" in capsys.readouterr().err

@@ -4,7 +4,6 @@ import shutil
 import cv2
 import numpy as np
 import pandas as pd
-import pytest
 import torch
 
 from conftest import run_script
@@ -92,3 +91,8 @@ def test_onnx_export_parity_and_int8_auc_on_demo_validation(demo_run, tmp_path):
     assert abs(auc_fp32 - auc_int8) <= 0.005, (auc_fp32, auc_int8)
     assert fp32.img_size == 64 and int8.threshold == torch_model.threshold
     assert fp32.logits(x[:5], tta=True).shape == (5,)  # dynamic batch axis, and TTA on ONNX
+    r = run_script("src/inference/predict.py", "--checkpoint", tmp_path / "m_int8.onnx", out_dir.parent / "demo",
+                   "--out", tmp_path / "int8.csv", "--workers", 0)
+    assert r.returncode == 0, r.stderr
+    rows = pd.read_csv(tmp_path / "int8.csv", keep_default_na=False)
+    assert len(rows) == 1200 and (rows["error"] == "").all() and rows["target"].between(0, 1).all()

@@ -42,7 +42,8 @@ def test_official_duplicates_are_removed():
 def test_kaggle_test_is_unlabeled():
     path = SHARED / "isic2020_csv" / "kaggle_test.csv"
     m = read_metadata(path, require_labels=False)
-    assert len(m.table) == 10982 and m.table.patient_id.nunique() == 690 and not m.labeled
+    assert len(m.table) == 10982 and m.table.patient_id.nunique() == 690 and m.formats == ["isic2020_unlabeled"]
+    assert (m.table.target == -1).all()
     with pytest.raises(MetadataError, match="has image_name but no 'target' column"):
         read_metadata(path)
 

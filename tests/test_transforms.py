@@ -1,6 +1,5 @@
 """The one preprocessing path, augmentation, the dataset's bad-file handling and the sampler."""
 import numpy as np
-import pytest
 import torch
 
 from conftest import gradient_image, write_jpeg

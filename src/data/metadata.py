@@ -49,10 +49,6 @@ class Metadata:
     formats: list[str]                                    # detected format of each file read
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> rows removed
 
-    @property
-    def labeled(self) -> bool:
-        return "isic2020_unlabeled" not in self.formats
-
 
 def detect_format(columns) -> str | None:
     cols = set(columns)

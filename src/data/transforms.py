@@ -70,7 +70,6 @@ def _uniform(n: int, low: float, high: float, gen, device) -> torch.Tensor:
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Random medical-safe augmentation of a float batch (B, 3, S, S) in 0..255; returns the same shape."""
-    n, device = x.shape[0], x.device
     x = _flip_and_rotate90(x, generator)
     x = _affine(x, generator)
     return _colour(x, generator).clamp_(0.0, 255.0)

@@ -51,9 +51,15 @@ class Runtime:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def to_device(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(self.device, non_blocking=True).float()
+    def transfer(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 from (pinned) host memory to the device, then float there: 4x fewer bytes on the bus."""
+        return images.to(self.device, non_blocking=True).float()
+
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def to_device(self, images: torch.Tensor) -> torch.Tensor:
+        return self.layout(self.transfer(images))
 
 
 def focal_loss(logits, targets, gamma: float = 2.0, pos_weight: float = 1.0):
@@ -100,7 +106,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, rt: Runtime, e
             break
         if not bool(ok.all()):
             skipped += index[~ok].tolist()
-        x = augment_batch(rt.to_device(images), gen)
+        x = rt.layout(augment_batch(rt.transfer(images), gen))  # augmentation returns NCHW
         y = targets.to(rt.device, non_blocking=True)
         w = ok.to(rt.device, non_blocking=True).float()  # a failed decode weighs nothing
         with rt.autocast():

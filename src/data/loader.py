@@ -19,8 +19,9 @@ if __name__ == "__main__":  # run as a script: make `src` importable from the re
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import pandas as pd
+from tqdm import tqdm
 
-from src.data.images import ImageDecodeError, decode_image, index_images
+from src.data.images import ImageDecodeError, decode_image, index_images, jpeg_is_truncated
 from src.data.metadata import Metadata, MetadataError, read_metadata
 from src.data.splits import SplitError, make_split, split_summary
 
@@ -142,14 +143,12 @@ def quick_check(path: str) -> str | None:
 
 
 def _full_truncation_check(path: str) -> str | None:
-    from src.data.images import jpeg_is_truncated
     with open(path, "rb") as f:
         return "truncated JPEG (no end-of-image marker)" if jpeg_is_truncated(f.read()) else None
 
 
 def find_unreadable(paths, decode: bool = False) -> dict[str, str]:
     """path -> reason for each unusable file; `decode=True` fully decodes every image (slow, thorough)."""
-    from tqdm import tqdm
     bad = {}
     for path in tqdm(list(paths), desc="decoding" if decode else "checking files", unit="img",
                      disable=len(paths) < 2000 and not decode, leave=False):

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from src.data.transforms import augment_batch, dihedral_views
 from src.training import distributed as dist
-from src.training.metrics import epoch_metrics
+from src.training.metrics import epoch_metrics, sigmoid
 
 LOG_EVERY = 20  # steps between progress-bar updates (each one is a device->host sync)
 
@@ -165,7 +165,7 @@ def evaluate(model, loader, rt: Runtime, threshold: float = 0.5, tta: bool = Fal
     logits, targets = pred["logits"][ok], pred["targets"][ok]
     loss = F.binary_cross_entropy_with_logits(torch.from_numpy(logits), torch.from_numpy(targets)).item() \
         if ok.any() else math.nan
-    probs = 1.0 / (1.0 + np.exp(-logits))
+    probs = sigmoid(logits)
     skipped = pred["index"][~ok].tolist()
     return {"loss": loss, **epoch_metrics(targets, probs, threshold), "skipped": skipped,
             "probs": probs, "targets": targets, "index": pred["index"][ok]}

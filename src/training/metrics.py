@@ -68,12 +68,8 @@ def average_precision(y, s) -> float:
     """Step-wise area under precision-recall (sklearn's definition, no interpolation)."""
     if not has_both_classes(y):
         return math.nan
-    y, s = _as_arrays(y, s)
-    fpr, tpr, _ = roc_curve(y, s)
-    pos, neg = y.sum(), len(y) - y.sum()
-    tp, fp = tpr[1:] * pos, fpr[1:] * neg
-    precision = tp / np.maximum(tp + fp, 1e-12)
-    return float(np.sum(np.diff(tpr) * precision))
+    precision, recall, _ = precision_recall_curve(y, s)
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
 def precision_recall_curve(y, s):

@@ -300,7 +300,7 @@ def restore(out: Path, model, optimizer, scheduler, rt: Runtime, c) -> tuple[int
     return ckpt["epoch"], list(ckpt["history"]), dict(ckpt["best"])
 
 
-def prepare_data(c, out: Path, rank: int):
+def prepare_data(c, rank: int):
     if c.DEMO and rank == 0 and not Path(c.METADATA_CSV).is_file():
         log(f"Writing the SYNTHETIC demo dataset to {c.DATA_DIR}/ ({DEMO_IMAGES} images)...")
         make_demo_dataset(c.DATA_DIR, DEMO_IMAGES, DEMO_MELANOMA_RATE, seed=0)
@@ -320,7 +320,7 @@ def fit(c, rank: int, world: int, local_rank: int) -> int:
     rt = make_runtime(c, rank, world, local_rank)
     out = Path(c.CHECKPOINT_DIR)
     check_run_dir(out, c)
-    table = prepare_data(c, out, rank)
+    table = prepare_data(c, rank)
     split = get_split(table, c, out, rank)
     model = build_model(c.ARCH, c.PRETRAINED).to(rt.device)
     if rt.channels_last:

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-python benchmarks/throughput.py --only model,data,e2e --batch 256 --img-size 224 --cache-images 20000 \
+python benchmarks/throughput.py --only model,loader,data,e2e --batch 256 --img-size 224 --cache-images 20000 \
     --cache-size 256 --steps 60 --warmup-steps 15 2>/dev/null
 python benchmarks/throughput.py --only model,e2e --batch 256 --img-size 224 --cache-images 20000 \
     --cache-size 256 --steps 60 --warmup-steps 25 --compile 2>/dev/null

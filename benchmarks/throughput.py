@@ -2,6 +2,8 @@
 
     python benchmarks/throughput.py --only prepare            # decode ratios + prepare images/s
     python benchmarks/throughput.py --only model,data,e2e     # training path (CUDA if available)
+    python benchmarks/throughput.py --only loader --batch 256 --img-size 224 --cache-size 256
+                                                              # CPU workers alone: sizes NUM_WORKERS
     python benchmarks/throughput.py                           # everything
 
 Prints one JSON object per line. Uses the project's real code (src/data, src/training). Generates
@@ -200,6 +202,23 @@ def bench_data(args, rt: Runtime, paths, targets) -> dict:
             "worker_private_mb_start": start_mem, "worker_private_mb_mid": mid_mem, "worker_private_mb_end": end_mem}
 
 
+def bench_loader(args, paths, targets) -> dict:
+    """The DataLoader workers alone (decode, crop, collate; no transfer, no augmentation): the CPU
+    side of the data path, which is what has to keep up with a GPU. Images/s per worker tells how
+    many cores a given GPU rate needs, measured on a machine without that GPU."""
+    loader = make_loader(ImageDataset(paths, targets, args.img_size), args.batch, EpochSampler(targets, seed=0),
+                         args.workers, False, args.prefetch, True)
+    it = iter(loader)
+    for _ in range(min(args.warmup_steps, len(loader) - 1)):
+        next(it)  # workers started and their prefetch queues full
+    count, start = 0, time.perf_counter()
+    for images, *_ in it:
+        count += len(images)
+    rate = count / (time.perf_counter() - start)
+    return {"images_per_s": round(rate, 1), "images": count, "workers": args.workers,
+            "images_per_s_per_worker": round(rate / args.workers, 1)}
+
+
 def bench_e2e(args, rt: Runtime, paths, targets) -> dict:
     """The real training step fed by the real DataLoader (train_one_epoch, as train.py runs it)."""
     net, optimizer, scheduler, loss_fn = training_parts(args, rt)
@@ -220,13 +239,16 @@ def run_training_path(args, sections: set) -> None:
     model = bench_model(args, rt) if "model" in sections or "e2e" in sections else None
     if model:
         emit({"bench": "model-only", **common, **model})
-    if not sections & {"data", "e2e"}:
+    if not sections & {"data", "e2e", "loader"}:
         return
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         paths, targets = make_cache(Path(tmp), args.cache_images, args.cache_size)
         emit({"bench": "synthetic cache", "images": len(paths), "short_side": args.cache_size,
               "seconds": round(time.perf_counter() - start, 1)})
+        if "loader" in sections:
+            emit({"bench": "loader-only", "device": "cpu workers", "batch": args.batch, "img_size": args.img_size,
+                  "cache_size": args.cache_size, **bench_loader(args, paths, targets)})
         if "data" in sections:
             emit({"bench": "data-only", **common, **bench_data(args, rt, paths, targets)})
         if "e2e" in sections:
@@ -236,7 +258,8 @@ def run_training_path(args, sections: set) -> None:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", default="prepare,model,data,e2e", help="comma-separated sections")
+    p.add_argument("--only", default="prepare,model,data,e2e", help="comma-separated sections: prepare, "
+                   "model, data, e2e, loader")
     p.add_argument("--large-images", type=int, default=8, help="generated 6000x4000 JPEGs")
     p.add_argument("--short-side", type=int, default=256, help="decode/prepare target short side")
     p.add_argument("--repeat", type=int, default=3, help="timed passes per decode set (best one counts)")
@@ -262,7 +285,7 @@ def main(argv=None) -> int:
     sections = set(args.only.split(","))
     if "prepare" in sections:
         run_prepare(args)
-    if sections & {"model", "data", "e2e"}:
+    if sections & {"model", "data", "e2e", "loader"}:
         run_training_path(args, sections)
     return 0
 

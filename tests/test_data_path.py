@@ -36,10 +36,11 @@ def test_gpu_normalisation_matches_cpu(tmp_path):
 
 
 def test_throughput_benchmark_runs_and_reports_every_section():
-    r = run_script("benchmarks/throughput.py", "--only", "model,data,e2e", "--steps", 1, "--warmup-steps", 1,
+    r = run_script("benchmarks/throughput.py", "--only", "model,data,e2e,loader", "--steps", 1, "--warmup-steps", 1,
                    "--cache-images", 96, "--cache-size", 48, "--img-size", 32, "--batch", 16, "--arch", "resnet18")
     assert r.returncode == 0, r.stderr
     lines = {d["bench"]: d for d in map(json.loads, r.stdout.splitlines())}
-    assert set(lines) == {"model-only", "synthetic cache", "data-only", "end-to-end"}
+    assert set(lines) == {"model-only", "synthetic cache", "loader-only", "data-only", "end-to-end"}
+    assert lines["loader-only"]["images"] > 0 and lines["loader-only"]["images_per_s_per_worker"] > 0
     assert lines["end-to-end"]["ratio_to_model_only"] > 0 and lines["data-only"]["images"] > 0
     assert len(lines["data-only"]["worker_private_mb_end"]) == lines["data-only"]["workers"]

@@ -6,7 +6,7 @@ from PIL import Image
 
 from conftest import SHARED, gradient_image, needs_shared, write_jpeg
 from src.data.images import (ImageDecodeError, decode_bytes, decode_image, index_images, jpeg_size,
-                             naive_decode, reduction_for)
+                             naive_decode, reduction_for, resize_short_side)
 
 
 def test_index_finds_images_directly_and_one_level_down(tmp_path):
@@ -33,6 +33,18 @@ def test_reduced_decode_matches_naive_decode(tmp_path):
     fast, slow = decode_image(path, 128), naive_decode(path, 128)
     assert fast.shape == slow.shape == (128, 192, 3)
     assert np.abs(fast.astype(int) - slow.astype(int)).mean() < 2.0
+
+
+def test_resize_averages_below_half_size_and_stays_close_to_area_above():
+    # Pixel noise shrunk 4x: averaging all 16 source pixels cuts its std by 4; bilinear, which
+    # reads only 4 of them, would cut it by 2 (the aliasing that area averaging is there to stop).
+    noise = np.random.default_rng(0).integers(0, 256, (400, 400, 3)).astype(np.uint8)
+    small = resize_short_side(noise, 100)
+    assert small.shape == (100, 100, 3) and small.std() < 0.3 * noise.std()
+    smooth = cv2.resize(gradient_image(60, 90), (341, 256), interpolation=cv2.INTER_CUBIC)
+    fast = resize_short_side(smooth, 224)
+    area = cv2.resize(smooth, fast.shape[1::-1], interpolation=cv2.INTER_AREA)
+    assert fast.shape == (224, 298, 3) and np.abs(fast.astype(int) - area.astype(int)).mean() < 1.0
 
 
 @needs_shared

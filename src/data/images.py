@@ -145,7 +145,12 @@ def resize_short_side(image: np.ndarray, short_side: int) -> np.ndarray:
     if scale >= 1.0:
         return image if scale == 1.0 else _upscale(image, scale)
     size = (max(short_side, round(w * scale)), max(short_side, round(h * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    # Below half size only area averaging uses every source pixel (bilinear would skip some and
+    # alias). From half size up bilinear reads them all and gives the same picture (0.05 grey
+    # levels apart on real ISIC images, against a full-resolution reference) about 6x faster:
+    # 0.07 vs 0.41 ms for the 341x256 -> 298x224 resize of every sample read from a 256 px cache.
+    interpolation = cv2.INTER_LINEAR if scale >= 0.5 else cv2.INTER_AREA
+    return cv2.resize(image, size, interpolation=interpolation)
 
 
 def _upscale(image: np.ndarray, scale: float) -> np.ndarray:

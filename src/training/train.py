@@ -10,7 +10,7 @@ Every setting is a constant below; override any of them as --NAME=value. Splits 
 and the best epoch is chosen by validation ROC AUC (accuracy means little at 1.76% melanoma).
 Writes to CHECKPOINT_DIR: best_model_epoch{N}.pth (everything inference needs), last.pth (model,
 optimizer, scheduler, scaler and RNG state, for RESUME), training_history.json,
-training_curves.png and split.csv. The demo reaches validation AUC 0.95 in about a minute on a
+training_curves.png and split.csv. The demo reaches validation AUC 0.94 in about a minute on a
 2-core CPU; on real data, see README "Results".
 On CUDA it uses bf16 autocast, channels_last and a uint8 data path (see README "Performance").
 """

@@ -7,6 +7,7 @@ import torch
 
 from src.training.checkpoint import FORMAT, CheckpointError, load_checkpoint, load_model, save_checkpoint
 from src.training.config import ConfigError, apply_overrides
+from src.training.engine import Runtime
 from src.training.model import MelanomaNet, WeightsUnavailable, build_model, imagenet_weights, weights_cache_path
 
 DEFAULTS = {"BATCH_SIZE": 32, "LEARNING_RATE": 0.001, "AMP": True, "ARCH": "resnet50"}
@@ -101,3 +102,20 @@ def test_bad_checkpoints_are_refused_clearly(tmp_path, content, message, capsys)
     with pytest.raises(CheckpointError, match=re.escape(message)):
         load_checkpoint(path)
     assert "this must never run" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("amp, bf16, expected", [(True, True, torch.bfloat16), (True, False, torch.float16),
+                                                 (False, True, None)])
+def test_inference_autocast_follows_the_training_runs_amp_setting(monkeypatch, amp, bf16, expected):
+    # Evaluation must compute what the run's own validation computed: an AMP=False run in fp32.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    rt = Runtime.for_inference({"config": {"AMP": amp}})
+    assert rt.device.type == "cuda" and rt.amp_dtype == expected
+
+
+def test_inference_runs_fp32_on_cpu():
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU branch")
+    rt = Runtime.for_inference({"config": {"AMP": True}})
+    assert rt.device.type == "cpu" and rt.amp_dtype is None

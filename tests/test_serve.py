@@ -172,3 +172,4 @@ def test_service_without_model_fails_at_start(tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=60,
                        env={**os.environ, "MODEL_PATH": str(tmp_path / "missing.pth")})
     assert r.returncode != 0 and f"error: model file not found: {tmp_path / 'missing.pth'}" in r.stderr
+    assert "Traceback" not in r.stderr, r.stderr  # one clear line, not a stack dump

@@ -45,7 +45,7 @@ class Predictor:
 
     def _load_torch(self) -> None:
         self.model, ckpt = load_model(self.path)
-        self.rt = Runtime.for_inference()
+        self.rt = Runtime.for_inference(ckpt)
         self.model.to(self.rt.device)
         self.kind, self.session = "pytorch", None
         self._settings(ckpt)

@@ -40,26 +40,42 @@ version. `POST /explain` returns a Grad-CAM overlay (PNG) of what the model look
 STATE: dict = {}
 
 
-@asynccontextmanager
-async def lifespan(app: FastAPI):
+def load_predictor() -> str | None:
+    """Load MODEL_PATH into STATE; returns why it cannot be served, or None."""
     path = os.environ.get("MODEL_PATH")
     if not path:
-        print("error: set MODEL_PATH to a checkpoint (.pth) or an exported model (.onnx)", file=sys.stderr)
-        raise SystemExit(1)
+        return "set MODEL_PATH to a checkpoint (.pth) or an exported model (.onnx)"
     try:
         STATE["predictor"] = Predictor(path, threads=default_threads())
     except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+        return str(e)
     STATE["lock"] = threading.Lock()
+    return None
+
+
+@asynccontextmanager
+async def lifespan(_: FastAPI):
     yield
     STATE.clear()
 
 
-app = FastAPI(title="Melanoma classifier", description=DESCRIPTION, version="1.0", lifespan=lifespan)
+api = FastAPI(title="Melanoma classifier", description=DESCRIPTION, version="1.0", lifespan=lifespan)
 
 
-@app.middleware("http")
+async def app(scope, receive, send):
+    """The ASGI entry point. A model that cannot be loaded ends start-up with one line and a
+    non-zero exit, instead of the traceback Starlette prints for an exception in a lifespan."""
+    if scope["type"] == "lifespan" and "predictor" not in STATE:
+        error = load_predictor()
+        if error:
+            await receive()  # lifespan.startup
+            print(f"error: {error}", file=sys.stderr, flush=True)
+            await send({"type": "lifespan.startup.failed", "message": ""})
+            return
+    await api(scope, receive, send)
+
+
+@api.middleware("http")
 async def limit_upload_size(request: Request, call_next):
     """Refuse oversized bodies from their Content-Length, before reading them."""
     length = request.headers.get("content-length")
@@ -87,17 +103,17 @@ def decode_error(e: ImageDecodeError) -> HTTPException:
     return HTTPException(400, str(e).split(": ", 1)[-1])
 
 
-@app.get("/health")
+@api.get("/health")
 def health():
     return {"status": "ok", "model_loaded": "predictor" in STATE}
 
 
-@app.get("/model")
+@api.get("/model")
 def model_info():
     return STATE["predictor"].info()
 
 
-@app.post("/predict")
+@api.post("/predict")
 def predict(file: UploadFile = File(..., description="JPEG or PNG image"), tta: bool = False):
     data = read_image_upload(file)
     predictor = STATE["predictor"]
@@ -109,7 +125,7 @@ def predict(file: UploadFile = File(..., description="JPEG or PNG image"), tta: 
     return {**result, "model_version": predictor.version, "note": "not a medical device"}
 
 
-@app.post("/explain", responses={200: {"content": {"image/png": {}}}})
+@api.post("/explain", responses={200: {"content": {"image/png": {}}}})
 def explain(file: UploadFile = File(..., description="JPEG or PNG image")):
     from src.inference.gradcam import grad_cam, overlay_png
     data = read_image_upload(file)

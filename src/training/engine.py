@@ -28,6 +28,13 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
+def amp_dtype_for(amp: bool) -> torch.dtype | None:
+    """The CUDA autocast dtype for the AMP setting: bf16 where the GPU has it, else fp16."""
+    if not amp:
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 @dataclass
 class Runtime:
     """Where and how tensors run; shared by training, evaluation and prediction."""
@@ -39,12 +46,13 @@ class Runtime:
     world_size: int = 1
 
     @classmethod
-    def for_inference(cls) -> "Runtime":
-        """CUDA with bf16 autocast when available, else CPU fp32: evaluation and prediction share it,
-        so that they compute the same probabilities."""
-        if torch.cuda.is_available():
-            return cls(torch.device("cuda"), torch.bfloat16 if torch.cuda.is_bf16_supported() else None)
-        return cls(torch.device("cpu"))
+    def for_inference(cls, checkpoint: dict | None = None) -> "Runtime":
+        """CUDA with the autocast dtype the training run validated with (its AMP setting), else CPU
+        fp32. Evaluation and prediction share it, so they compute the same probabilities as each
+        other and as the training history."""
+        if not torch.cuda.is_available():
+            return cls(torch.device("cpu"))
+        return cls(torch.device("cuda"), amp_dtype_for(bool((checkpoint or {}).get("config", {}).get("AMP", True))))
 
     def autocast(self):
         if self.amp_dtype is None:

@@ -67,8 +67,8 @@ def external_set(metadata: str, images: str | None, img_size: int) -> tuple[pd.D
     return data.table, f"the labelled set {metadata} (images in {images})"
 
 
-def run_predictions(model, table: pd.DataFrame, img_size: int, args) -> dict:
-    rt = Runtime.for_inference()
+def run_predictions(model, ckpt: dict, table: pd.DataFrame, args) -> dict:
+    rt, img_size = Runtime.for_inference(ckpt), ckpt["img_size"]
     model = model.to(rt.device)
     workers = args.workers if args.workers >= 0 else min(8, os.cpu_count() or 1)
     loader = make_loader(ImageDataset(table["path"], table["target"], img_size), args.batch_size,
@@ -229,7 +229,7 @@ def evaluate_checkpoint(args) -> dict:
                           else own_validation_set(ckpt, ckpt_path))
     out = Path(args.out) if args.out else ckpt_path.parent / "eval" / (Path(args.metadata).stem if args.metadata else "")
     out.mkdir(parents=True, exist_ok=True)
-    pred = run_predictions(model, table, ckpt["img_size"], args)
+    pred = run_predictions(model, ckpt, table, args)
     report = build_report(args, ckpt, ckpt_path, table, description, pred, out)
     cal = report.pop("_cal")
     if args.metadata is None:

@@ -85,7 +85,7 @@ from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from src.training import distributed as dist  # noqa: E402
 from src.training.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint, versions  # noqa: E402
 from src.training.config import ConfigError, apply_overrides  # noqa: E402
-from src.training.engine import NonFiniteLoss, Runtime, evaluate, make_loss, train_one_epoch  # noqa: E402
+from src.training.engine import NonFiniteLoss, Runtime, amp_dtype_for, evaluate, make_loss, train_one_epoch  # noqa: E402
 from src.training.model import WeightsUnavailable, build_model  # noqa: E402
 from src.training.report import plot_training_curves  # noqa: E402
 
@@ -128,9 +128,7 @@ def make_runtime(c, rank: int, world: int, local_rank: int) -> Runtime:
         device = torch.device("mps")
     else:
         device = torch.device("cpu")
-    amp = None
-    if device.type == "cuda" and c.AMP:
-        amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    amp = amp_dtype_for(c.AMP) if device.type == "cuda" else None
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
     rt = Runtime(device, amp, c.CHANNELS_LAST and device.type == "cuda", scaler, rank, world)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"

@@ -98,6 +98,18 @@ def _check_finite(loss_sum: torch.Tensor, epoch: int, step: int) -> None:
         raise NonFiniteLoss(f"the training loss became {total} in epoch {epoch + 1} by step {step + 1}")
 
 
+def _backward_and_step(loss: torch.Tensor, optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    """One optimizer step; fp16 autocast needs the gradient scaler, bf16 and fp32 do not."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+        return
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+
 def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, rt: Runtime, epoch: int, seed: int,
                     max_steps: int = 0) -> dict:
     model.train()
@@ -120,14 +132,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, rt: Runtime, e
         with rt.autocast():
             logits = model(x).float()
         loss = (loss_fn(logits, y) * w).sum() / w.sum().clamp(min=1.0)
-        optimizer.zero_grad(set_to_none=True)
-        if rt.scaler is not None:
-            rt.scaler.scale(loss).backward()
-            rt.scaler.step(optimizer)
-            rt.scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        _backward_and_step(loss, optimizer, rt.scaler)
         scheduler.step()
         sums += torch.stack([loss.detach() * w.sum(), (((logits > 0) == (y > 0.5)) * w).sum(), w.sum()])
         if step % LOG_EVERY == 0:

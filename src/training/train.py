@@ -312,6 +312,16 @@ def prepare_data(c, rank: int):
     return t
 
 
+def training_wrapper(model, c, rt: Runtime, world: int, local_rank: int):
+    """What the training step calls: compiled and/or DDP-wrapped. Validation and checkpoints use the
+    bare model, so compile sees one input shape and saved weights carry no wrapper prefixes."""
+    net = torch.compile(model) if c.COMPILE else model
+    if world > 1:
+        device_ids = [local_rank] if rt.device.type == "cuda" else None
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=device_ids)
+    return net
+
+
 def fit(c, rank: int, world: int, local_rank: int) -> int:
     torch.manual_seed(c.SEED)
     random.seed(c.SEED)
@@ -321,8 +331,7 @@ def fit(c, rank: int, world: int, local_rank: int) -> int:
     table = prepare_data(c, rank)
     split = get_split(table, c, out, rank)
     model = build_model(c.ARCH, c.PRETRAINED).to(rt.device)
-    if rt.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=torch.channels_last) if rt.channels_last else model
     train_loader, val_loader, sampler, pos_weight, train_t, val_t = make_loaders(table, split, c, rt)
     log(f"Split: {len(train_t):,} train / {len(val_t):,} val images, {split_grouping(table)} "
         f"(saved to {out / 'split.csv'}); imbalance: {c.IMBALANCE}"
@@ -331,9 +340,7 @@ def fit(c, rank: int, world: int, local_rank: int) -> int:
     optimizer, scheduler = make_optimizer(model, c, steps)
     loss_fn = make_loss(c.IMBALANCE, pos_weight, c.FOCAL_GAMMA)
     start, history, best = restore(out, model, optimizer, scheduler, rt, c) if c.RESUME else (0, [], {})
-    net = torch.compile(model) if c.COMPILE else model
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[local_rank] if rt.device.type == "cuda" else None)
+    net = training_wrapper(model, c, rt, world, local_rank)
     names = {"train": train_t["image_name"].tolist(), "val": val_t["image_name"].tolist()}
     for epoch in range(start, c.NUM_EPOCHS):
         sampler.set_epoch(epoch)

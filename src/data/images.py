@@ -3,7 +3,7 @@
 ISIC 2020 originals are mostly 6000x4000 JPEGs. Decoding all those pixels only to throw 99% of them
 away in a resize is the slowest step of training, so JPEGs are decoded in the DCT domain at 1/2, 1/4
 or 1/8 scale (OpenCV's IMREAD_REDUCED_COLOR_*), picking the largest reduction that still leaves the
-short side at least as large as needed, and then area-resized to the exact size.
+short side at least as large as needed, and then resized to the exact size.
 """
 from __future__ import annotations
 
@@ -105,8 +105,8 @@ def reduction_for(short_side: int, min_short_side: int) -> int:
 def decode_image(path: str | Path, min_short_side: int | None = None) -> np.ndarray:
     """Read an image as RGB uint8 (H, W, 3), EXIF orientation applied.
 
-    With `min_short_side`, the result is area-resized so that its short side equals it (never
-    upscaled), using reduced JPEG decoding when possible. Grayscale, RGBA, CMYK and 16-bit
+    With `min_short_side`, the result is resized so that its short side equals it (a smaller
+    image is upscaled), using reduced JPEG decoding when possible. Grayscale, RGBA, CMYK and 16-bit
     files come out as 8-bit RGB. Raises ImageDecodeError with the reason on a bad file.
     """
     try:
@@ -139,7 +139,7 @@ def decode_bytes(data: bytes, min_short_side: int | None = None, name: str = "im
 
 
 def resize_short_side(image: np.ndarray, short_side: int) -> np.ndarray:
-    """Area-resize so that min(H, W) == short_side; never upscale past what is there."""
+    """Resize so that min(H, W) == short_side (area averaging below half size, else bilinear)."""
     h, w = image.shape[:2]
     scale = short_side / min(h, w)
     if scale >= 1.0:

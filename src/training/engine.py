@@ -52,7 +52,8 @@ class Runtime:
         other and as the training history."""
         if not torch.cuda.is_available():
             return cls(torch.device("cpu"))
-        return cls(torch.device("cuda"), amp_dtype_for(bool((checkpoint or {}).get("config", {}).get("AMP", True))))
+        amp = (checkpoint or {}).get("config", {}).get("AMP", True)
+        return cls(torch.device("cuda"), amp_dtype_for(bool(amp)))
 
     def autocast(self):
         if self.amp_dtype is None:

@@ -53,16 +53,58 @@ def test_offline_without_cached_weights_names_the_file(no_network):
     assert "https://download.pytorch.org/models/resnet50-11ad3fa6.pth" in msg
 
 
-def test_weights_in_torch_cache_load_without_network(no_network):
+def cache_under_its_hash(monkeypatch, state) -> None:
+    """Put `state` in the torch cache under a torchvision-style name carrying its own SHA-256 prefix,
+    as a genuine download would be, and point resnet50's weights at that name."""
+    import hashlib
+    import shutil
+    import types
+
+    import src.training.model as model_module
+    path = weights_cache_path(imagenet_weights("resnet50"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / "incoming.pth"
+    torch.save(state, tmp)
+    sha = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    url = f"https://download.pytorch.org/models/resnet50-{sha[:8]}.pth"
+    shutil.move(tmp, path.parent / f"resnet50-{sha[:8]}.pth")
+    monkeypatch.setattr(model_module, "imagenet_weights", lambda arch: types.SimpleNamespace(url=url))
+
+
+def test_weights_in_torch_cache_load_without_network(no_network, monkeypatch):
     import torchvision
     reference = torchvision.models.resnet50(weights=None)
-    path = weights_cache_path(imagenet_weights("resnet50"))
-    path.parent.mkdir(parents=True)
-    torch.save(reference.state_dict(), path)
+    cache_under_its_hash(monkeypatch, reference.state_dict())
     model = build_model("resnet50", pretrained=True)
     assert torch.equal(model.backbone.conv1.weight, reference.conv1.weight)
     assert torch.equal(model.backbone.layer4[2].bn3.running_var, reference.layer4[2].bn3.running_var)
     assert model.backbone.fc.out_features == 1
+
+
+class PlantedPayload:
+    """Unpickling this writes a marker file: proof that pickled code ran."""
+    marker = None
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_planted_pickle_in_the_weight_cache_is_refused_and_never_run(no_network, tmp_path):
+    PlantedPayload.marker = tmp_path / "pwned"
+    path = weights_cache_path(imagenet_weights("resnet18"))  # the real published name, resnet18-f37072fd.pth
+    path.parent.mkdir(parents=True)
+    torch.save({"conv1.weight": PlantedPayload()}, path)
+    with pytest.raises(WeightsUnavailable, match="is not the published file: its SHA-256 is"):
+        build_model("resnet18", pretrained=True)
+    assert not PlantedPayload.marker.exists()
+
+
+def test_pickle_whose_hash_matches_its_name_is_still_never_run(no_network, tmp_path, monkeypatch):
+    PlantedPayload.marker = tmp_path / "pwned"
+    cache_under_its_hash(monkeypatch, {"conv1.weight": PlantedPayload()})
+    with pytest.raises(WeightsUnavailable, match="could not be loaded as plain weights"):
+        build_model("resnet50", pretrained=True)
+    assert not PlantedPayload.marker.exists()
 
 
 def test_checkpoint_round_trip_with_weights_only(tmp_path):

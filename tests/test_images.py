@@ -113,3 +113,53 @@ def test_exif_rotation_is_applied():
     assert out.shape == (60, 30, 3)
     out = decode_bytes(_pil_bytes(image, "JPEG", exif=exif), min_short_side=15)
     assert out.shape == (30, 15, 3)
+
+
+# ---- hostile files: every limit is checked from the header, before any pixel is decoded ----
+
+def padded_jpeg(width=20000, height=20000) -> bytes:
+    """A real small JPEG whose frame header comes after a 65,535-byte APP1 segment and declares
+    width x height: a decompression bomb that a check of only the first 64 KiB would miss."""
+    data = bytearray(cv2.imencode(".jpg", gradient_image(16, 16))[1].tobytes())
+    sof = next(i for i in range(2, len(data)) if data[i] == 0xFF and data[i + 1] in (0xC0, 0xC2))
+    data[sof + 5:sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    app1 = b"\xff\xe1" + (65535).to_bytes(2, "big") + bytes(65533)
+    return bytes(data[:2]) + app1 + bytes(data[2:])
+
+
+def test_frame_header_after_a_64k_segment_is_still_found_and_refused():
+    from src.data.images import ImageTooLarge, image_size
+    data = padded_jpeg()
+    assert image_size(data) == (20000, 20000)
+    with pytest.raises(ImageTooLarge, match="image is 20000x20000 pixels, above the limit of 50,000,000"):
+        decode_bytes(data, 224)
+
+
+def test_formats_whose_size_is_not_checked_are_refused(tmp_path):
+    # OpenCV would decode a WebP or BMP named .jpg; only JPEG and PNG, whose headers are checked, get through.
+    webp = cv2.imencode(".webp", gradient_image(64, 64))[1].tobytes()
+    bmp = b"BM" + bytes(16) + (2_000_000).to_bytes(4, "little") + (1).to_bytes(4, "little") + bytes(28)
+    for data in (webp, bmp):
+        (tmp_path / "x.jpg").write_bytes(data)
+        with pytest.raises(ImageDecodeError, match=r"not a readable image \(JPEG or PNG expected\)"):
+            decode_image(tmp_path / "x.jpg", 64)
+
+
+def test_absurd_aspect_ratio_is_refused_before_resizing():
+    # A 3,000x1 PNG is 100 bytes; scaling its short side to 64 px would make a 192,000x64 image.
+    line = cv2.imencode(".png", np.zeros((1, 3000, 3), np.uint8))[1].tobytes()
+    assert len(line) < 200
+    with pytest.raises(ImageDecodeError, match=r"3000x1 pixels, an aspect ratio above 10:1"):
+        decode_bytes(line, 64)
+    assert decode_bytes(cv2.imencode(".png", gradient_image(20, 190))[1].tobytes(), 32).shape == (32, 304, 3)
+
+
+def test_symlink_loops_in_an_image_folder_are_skipped_or_reported(tmp_path):
+    import os
+    write_jpeg(tmp_path / "ISIC_1.jpg", gradient_image())
+    os.symlink("loop", tmp_path / "loop")              # a folder-like entry that loops
+    os.symlink("ISIC_2.jpg", tmp_path / "ISIC_2.jpg")  # an image-like entry that loops
+    found = index_images(tmp_path)
+    assert sorted(found) == ["ISIC_1", "ISIC_2"]
+    with pytest.raises(ImageDecodeError, match="cannot read .*Too many levels of symbolic links"):
+        decode_image(found["ISIC_2"], 32)

@@ -19,10 +19,20 @@ REDUCED_FLAGS = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4
                  (2, cv2.IMREAD_REDUCED_COLOR_2))
 # JPEG start-of-frame markers carry the image size (baseline, extended, progressive, lossless...).
 SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Checked from the header before any pixel is decoded, wherever a file is decoded (training,
+# evaluation, prediction, the service). ISIC originals are at most 24 MP and about 3:2.
+MAX_PIXELS = int(os.environ.get("MAX_PIXELS", "50000000"))
+MAX_ASPECT_RATIO = 10.0  # a 10,000x1 PNG of 109 bytes would otherwise become 2.2 GB at 224 px
+MAX_FILE_BYTES = 256 * 1024 * 1024  # read into memory whole; real originals are under 30 MB
 
 
 class ImageDecodeError(Exception):
     """A file that is not a usable image; the message says why."""
+
+
+class ImageTooLarge(ImageDecodeError):
+    """An image above MAX_PIXELS (a decompression bomb, or simply too big to decode safely)."""
 
 
 def index_images(folder: str | Path) -> dict[str, str]:
@@ -36,16 +46,30 @@ def index_images(folder: str | Path) -> dict[str, str]:
     if not folder.is_dir():
         return found
     subdirs = []
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if entry.is_dir():
+    for entry in _entries(folder):
+        if _is_dir(entry):
             subdirs.append(entry.path)
         else:
             _add_image(found, entry)
     for sub in subdirs:
-        for entry in sorted(os.scandir(sub), key=lambda e: e.name):
-            if entry.is_file():
+        for entry in _entries(sub):
+            if not _is_dir(entry):
                 _add_image(found, entry, overwrite=False)
     return found
+
+
+def _entries(folder) -> list[os.DirEntry]:
+    try:
+        return sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:  # an unreadable or looping sub-folder is skipped, not fatal
+        return []
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # a symlink loop: neither a folder nor an image; decoding reports it if listed
+        return False
 
 
 def _add_image(found: dict, entry: os.DirEntry, overwrite: bool = True) -> None:
@@ -55,7 +79,12 @@ def _add_image(found: dict, entry: os.DirEntry, overwrite: bool = True) -> None:
 
 
 def jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from the JPEG header without decoding pixels; None if not a JPEG."""
+    """(width, height) from the JPEG header without decoding pixels; None if not a JPEG.
+
+    Walks the whole segment chain (by segment lengths, so it costs microseconds however large the
+    APP segments before the frame header are) and stops at the first start-of-scan: the frame
+    header must come before it, and that is the size the decoder will allocate for.
+    """
     if data[:2] != b"\xff\xd8":
         return None
     pos = 2
@@ -67,6 +96,8 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
         if marker in SOF_MARKERS:
             height, width = struct.unpack(">HH", data[pos + 5:pos + 9])
             return width, height
+        if marker in (0xDA, 0xD9):  # scan data or end of image before any frame header
+            return None
         if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
             pos += 2 if marker != 0xFF else 1
             continue
@@ -75,11 +106,32 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
 
 
 def image_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) of a JPEG or PNG from its header alone: lets a server refuse a decompression
-    bomb (a small file that decodes to billions of pixels) before decoding anything."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+    """(width, height) of a JPEG or PNG from its header alone; None for anything else."""
+    if data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR":
         return struct.unpack(">II", data[16:24])
-    return jpeg_size(data[:65536])
+    return jpeg_size(data)
+
+
+def check_header(data: bytes, name: str = "image", max_pixels: int | None = None) -> tuple[int, int]:
+    """(width, height) of an image that is safe to decode; ImageDecodeError (ImageTooLarge for a
+    pixel bomb) otherwise. Only JPEG and PNG reach the decoder: they are the formats whose real
+    dimensions are checked here, so a WebP, TIFF or BMP renamed .jpg cannot slip past the limits."""
+    if len(data) == 0:
+        raise ImageDecodeError(f"{name}: empty file (0 bytes)")
+    size = image_size(data)
+    if size is None:
+        raise ImageDecodeError(f"{name}: not a readable image (JPEG or PNG expected)")
+    width, height = size
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
+    if width == 0 or height == 0:
+        raise ImageDecodeError(f"{name}: not a readable image (its header says {width}x{height} pixels)")
+    if width * height > limit:
+        raise ImageTooLarge(f"{name}: image is {width}x{height} pixels, above the limit of {limit:,}")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ImageDecodeError(f"{name}: image is {width}x{height} pixels, an aspect ratio above "
+                               f"{MAX_ASPECT_RATIO:g}:1 (resizing its short side would take far more memory "
+                               f"than the image is worth)")
+    return width, height
 
 
 def jpeg_is_truncated(data: bytes) -> bool:
@@ -111,31 +163,34 @@ def decode_image(path: str | Path, min_short_side: int | None = None) -> np.ndar
     """
     try:
         with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_FILE_BYTES:
+                raise ImageTooLarge(f"{path}: file is {size:,} bytes, above the limit of {MAX_FILE_BYTES:,}")
             data = f.read()
-    except OSError as e:
+    except OSError as e:  # missing, unreadable, a directory, a symlink loop...
         raise ImageDecodeError(f"cannot read {path}: {e.strerror or e}") from None
     return decode_bytes(data, min_short_side, name=str(path))
 
 
 def decode_bytes(data: bytes, min_short_side: int | None = None, name: str = "image") -> np.ndarray:
     """decode_image for bytes already in memory (uploads, tests)."""
-    if len(data) == 0:
-        raise ImageDecodeError(f"{name}: empty file (0 bytes)")
-    buf = np.frombuffer(data, dtype=np.uint8)
+    width, height = check_header(data, name)
     flag = cv2.IMREAD_COLOR
-    size = jpeg_size(data[:65536])
-    if size is not None:
+    if data[:2] == b"\xff\xd8":
         if jpeg_is_truncated(data):
             raise ImageDecodeError(f"{name}: truncated JPEG (no end-of-image marker)")
         if min_short_side:
-            factor = reduction_for(min(size), min_short_side)
-            flag = dict(REDUCED_FLAGS).get(factor, cv2.IMREAD_COLOR)
-    image = cv2.imdecode(buf, flag)
-    if image is None or image.size == 0:
-        raise ImageDecodeError(f"{name}: not a readable image (JPEG or PNG expected)")
-    if min_short_side:
-        image = resize_short_side(image, min_short_side)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)  # after the resize: fewer pixels to convert
+            flag = dict(REDUCED_FLAGS).get(reduction_for(min(width, height), min_short_side), cv2.IMREAD_COLOR)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
+        if image is None or image.size == 0:
+            raise ImageDecodeError(f"{name}: not a readable image (JPEG or PNG expected)")
+        if min_short_side:
+            image = resize_short_side(image, min_short_side)
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)  # after the resize: fewer pixels to convert
+    except cv2.error as e:  # OpenCV's own limits and corrupt data it detects late
+        reason = (e.err or str(e)).strip().splitlines()[0]
+        raise ImageDecodeError(f"{name}: not a readable image (the decoder refused it: {reason})") from None
 
 
 def resize_short_side(image: np.ndarray, short_side: int) -> np.ndarray:

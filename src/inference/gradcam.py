@@ -16,24 +16,21 @@ def grad_cam(model: MelanomaNet, image: torch.Tensor) -> np.ndarray:
     """
     store = {}
     device = next(model.parameters()).device
-
-    def keep(module, inputs, output):
-        store["activation"] = output
-        output.register_hook(lambda grad: store.__setitem__("gradient", grad))
-
-    handle = model.backbone.layer4.register_forward_hook(keep)
+    handle = model.backbone.layer4.register_forward_hook(lambda module, inputs, output: store.update(a=output))
     try:
         with torch.enable_grad():
-            model.zero_grad(set_to_none=True)
             logit = model(image[None].to(device))
-            logit.sum().backward()
+            # The gradient of the logit with respect to the activation only: no hooks on tensors (a
+            # hook closure that holds the activation leaked two tensors per call) and no parameter
+            # gradients left on the shared model.
+            (gradient,) = torch.autograd.grad(logit.sum(), store["a"])
     finally:
         handle.remove()
-        model.zero_grad(set_to_none=True)
-    weights = store["gradient"].mean(dim=(2, 3), keepdim=True)  # one weight per channel
-    cam = F.relu((weights * store["activation"]).sum(dim=1, keepdim=True))
+    activation = store.pop("a").detach()
+    weights = gradient.mean(dim=(2, 3), keepdim=True)  # one weight per channel
+    cam = F.relu((weights * activation).sum(dim=1, keepdim=True))
     cam = F.interpolate(cam, size=image.shape[1:], mode="bilinear", align_corners=False)[0, 0]
-    cam = cam.detach().cpu().numpy()
+    cam = cam.cpu().numpy()
     return cam / cam.max() if cam.max() > 0 else cam
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from src.data.transforms import dihedral_views, load_input_bytes
-from src.training.checkpoint import CheckpointError, load_model
+from src.training.checkpoint import CheckpointError, check_settings, load_model
 from src.training.engine import Runtime
 from src.training.metrics import calibrated
 
@@ -61,11 +61,29 @@ class Predictor:
         meta = self.session.get_modelmeta().custom_metadata_map
         if "settings" not in meta:
             raise CheckpointError(f"{self.path} was not exported by src/inference/export.py (no settings metadata)")
+        try:
+            settings = json.loads(meta["settings"])
+        except json.JSONDecodeError:
+            raise CheckpointError(f"{self.path}: its settings metadata is not valid JSON") from None
+        if not isinstance(settings, dict):
+            raise CheckpointError(f"{self.path}: its settings metadata is not a JSON object")
+        check_settings(settings, self.path)
+        self._check_onnx_signature()
         self.kind, self.model, self.rt = "onnx", None, None
-        self._settings(json.loads(meta["settings"]))
+        self._settings(settings)
+
+    def _check_onnx_signature(self) -> None:
+        """One input (N, 3, S, S) named ONNX_INPUT and one output of one logit per image."""
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        ok = (len(inputs) == 1 and inputs[0].name == ONNX_INPUT and len(inputs[0].shape) == 4
+              and inputs[0].shape[1] == 3 and len(outputs) == 1 and len(outputs[0].shape) == 1)
+        if not ok:
+            found = [(i.name, i.shape) for i in inputs], [(o.name, o.shape) for o in outputs]
+            raise CheckpointError(f"{self.path}: expected input {ONNX_INPUT!r} (N, 3, S, S) and one output (N,) "
+                                  f"of logits; found inputs/outputs {found}")
 
     def _settings(self, s: dict) -> None:
-        self.arch, self.img_size = s["arch"], int(s["img_size"])
+        self.arch, self.img_size = s["arch"], s["img_size"]
         self.threshold = float(s.get("threshold", 0.5))
         self.temperature, self.bias = float(s.get("temperature", 1.0)), float(s.get("logit_bias", 0.0))
         self.calibrated_on = s.get("calibrated_on")

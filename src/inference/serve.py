@@ -1,32 +1,47 @@
 """HTTP service for the melanoma classifier (FastAPI, run by uvicorn).
 
-    MODEL_PATH=checkpoints/best_model_epochN.pth uvicorn src.inference.serve:app --port 8000
+    MODEL_PATH=checkpoints/best_model_epochN.pth python src/inference/serve.py [--host H] [--port 8000]
 
-MODEL_PATH may also name an exported .onnx model (fp32 or int8). Settings from the environment:
-MAX_UPLOAD_MB (default 20), MAX_PIXELS (default 50,000,000; ISIC originals are at most 24 MP),
-THREADS (CPU threads for inference, default min(4, cores)).
+MODEL_PATH may also name an exported .onnx model (fp32 or int8). The command above runs uvicorn
+with the service's connection limits (docs/serving.md); `uvicorn src.inference.serve:app` also
+works, and then needs the flags listed there. Settings from the environment: MAX_UPLOAD_MB
+(default 20), MAX_PIXELS (default 50,000,000; ISIC originals are at most 24 MP), THREADS (CPU
+threads for inference, default min(4, cores)), HEADER_TIMEOUT_S (10) and BODY_TIMEOUT_S (30).
 
-The model is loaded once at start-up. Requests are served from a thread pool and inference is
-serialised by one lock, so concurrent requests are safe and CPU use stays bounded. Bad input gets
-a 4xx with a JSON {"detail": ...} message; it never kills the worker.
+The model is loaded once at start-up; a model that cannot be loaded stops start-up with one line.
+Requests are served from a thread pool and decoding and inference are serialised by one lock, so
+concurrent requests are safe and memory stays bounded. Bad input gets a 4xx with a JSON
+{"detail": ...} message; it never kills the worker.
 """
 from __future__ import annotations
 
+import argparse
+import asyncio
+import json
+import logging
 import os
 import sys
 import threading
+import time
 from contextlib import asynccontextmanager
+from pathlib import Path
 
-from fastapi import FastAPI, File, HTTPException, Request, UploadFile
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from fastapi import FastAPI, File, HTTPException, UploadFile
 from fastapi.responses import JSONResponse, Response
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from src.data.images import ImageDecodeError, image_size
-from src.data.transforms import load_input_bytes
+from src.data.images import MAX_PIXELS, ImageDecodeError, ImageTooLarge, check_header
 from src.inference.predictor import Predictor, default_threads
-from src.training.checkpoint import CheckpointError
 
 MAX_UPLOAD_BYTES = int(float(os.environ.get("MAX_UPLOAD_MB", "20")) * 1024 * 1024)
-MAX_PIXELS = int(os.environ.get("MAX_PIXELS", "50000000"))
+MULTIPART_OVERHEAD = 64 * 1024  # form boundaries and headers around the file itself
+BODY_TIMEOUT_S = float(os.environ.get("BODY_TIMEOUT_S", "30"))      # the whole body must arrive within this
+HEADER_TIMEOUT_S = float(os.environ.get("HEADER_TIMEOUT_S", "10"))  # request headers must arrive within this
+LIMIT_CONCURRENCY = 32          # connections at once; more get 503 instead of exhausting file descriptors
+KEEP_ALIVE_S = 5                # idle keep-alive connections are closed after this
 ACCEPTED_TYPES = {"image/jpeg", "image/jpg", "image/png", "application/octet-stream"}
 DESCRIPTION = """Melanoma probability for a dermoscopy image (ResNet50 trained on ISIC data).
 
@@ -47,8 +62,8 @@ def load_predictor() -> str | None:
         return "set MODEL_PATH to a checkpoint (.pth) or an exported model (.onnx)"
     try:
         STATE["predictor"] = Predictor(path, threads=default_threads())
-    except CheckpointError as e:
-        return str(e)
+    except Exception as e:  # noqa: BLE001 - any failure must stop start-up, never leave a model-less service
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
     STATE["lock"] = threading.Lock()
     return None
 
@@ -62,9 +77,12 @@ async def lifespan(_: FastAPI):
 api = FastAPI(title="Melanoma classifier", description=DESCRIPTION, version="1.0", lifespan=lifespan)
 
 
+class BodyTooLarge(Exception):
+    pass
+
+
 async def app(scope, receive, send):
-    """The ASGI entry point. A model that cannot be loaded ends start-up with one line and a
-    non-zero exit, instead of the traceback Starlette prints for an exception in a lifespan."""
+    """The ASGI entry point: model loading at start-up, then every HTTP request under the body limits."""
     if scope["type"] == "lifespan" and "predictor" not in STATE:
         error = load_predictor()
         if error:
@@ -72,20 +90,57 @@ async def app(scope, receive, send):
             print(f"error: {error}", file=sys.stderr, flush=True)
             await send({"type": "lifespan.startup.failed", "message": ""})
             return
-    await api(scope, receive, send)
+    if scope["type"] != "http":
+        return await api(scope, receive, send)
+    await limited_request(scope, receive, send)
 
 
-@api.middleware("http")
-async def limit_upload_size(request: Request, call_next):
-    """Refuse oversized bodies from their Content-Length, before reading them."""
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > MAX_UPLOAD_BYTES + 64 * 1024:
-        return JSONResponse({"detail": f"upload too large: {int(length):,} bytes, limit {MAX_UPLOAD_BYTES:,}"}, 413)
-    return await call_next(request)
+async def limited_request(scope, receive, send):
+    """Count body bytes as they arrive (chunked bodies have no Content-Length to trust) and give the
+    whole body BODY_TIMEOUT_S; past either limit the request ends with a 413 or 408 at once,
+    without spooling the rest to disk."""
+    length = dict(scope["headers"]).get(b"content-length", b"")
+    if length.isdigit() and int(length) > MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD:
+        return await send_json(send, 413, f"upload too large: {int(length):,} bytes, limit {MAX_UPLOAD_BYTES:,}")
+    state = {"bytes": 0, "refused": None, "started": False}
+    deadline = time.monotonic() + BODY_TIMEOUT_S
+
+    async def counted_receive():
+        try:
+            message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            state["refused"] = (408, f"request body not received within {BODY_TIMEOUT_S:g} s")
+            raise BodyTooLarge from None
+        state["bytes"] += len(message.get("body", b""))
+        if state["bytes"] > MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD:
+            state["refused"] = (413, f"upload too large: limit {MAX_UPLOAD_BYTES:,} bytes")
+            raise BodyTooLarge
+        return message
+
+    async def guarded_send(message):
+        if state["refused"]:
+            return  # the app's own reaction to the aborted body is replaced by ours
+        state["started"] |= message["type"] == "http.response.start"
+        await send(message)
+
+    try:
+        await api(scope, counted_receive, guarded_send)
+    except BodyTooLarge:
+        pass
+    if state["refused"] and not state["started"]:
+        await send_json(send, *state["refused"])
+
+
+async def send_json(send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def read_image_upload(file: UploadFile) -> bytes:
-    """The upload's bytes, checked for type, size and pixel count before any decoding."""
+    """The upload's bytes, checked for type, size, pixel count and aspect ratio before any decoding."""
     if file.content_type and file.content_type.split(";")[0].strip().lower() not in ACCEPTED_TYPES:
         raise HTTPException(415, f"unsupported content type {file.content_type!r}; upload a JPEG or PNG image")
     data = file.file.read(MAX_UPLOAD_BYTES + 1)
@@ -93,19 +148,22 @@ def read_image_upload(file: UploadFile) -> bytes:
         raise HTTPException(413, f"upload too large: limit {MAX_UPLOAD_BYTES:,} bytes")
     if not data:
         raise HTTPException(400, "empty upload (0 bytes)")
-    size = image_size(data)
-    if size and size[0] * size[1] > MAX_PIXELS:
-        raise HTTPException(413, f"image is {size[0]}x{size[1]} pixels, above the limit of {MAX_PIXELS:,}")
+    try:
+        check_header(data, file.filename or "upload", MAX_PIXELS)
+    except ImageDecodeError as e:
+        raise decode_error(e) from None
     return data
 
 
 def decode_error(e: ImageDecodeError) -> HTTPException:
-    return HTTPException(400, str(e).split(": ", 1)[-1])
+    return HTTPException(413 if isinstance(e, ImageTooLarge) else 400, str(e).split(": ", 1)[-1])
 
 
 @api.get("/health")
 def health():
-    return {"status": "ok", "model_loaded": "predictor" in STATE}
+    if "predictor" not in STATE:  # never report healthy without a model (Docker's health check reads this)
+        return JSONResponse({"status": "no model loaded", "model_loaded": False}, 503)
+    return {"status": "ok", "model_loaded": True}
 
 
 @api.get("/model")
@@ -127,15 +185,80 @@ def predict(file: UploadFile = File(..., description="JPEG or PNG image"), tta: 
 
 @api.post("/explain", responses={200: {"content": {"image/png": {}}}})
 def explain(file: UploadFile = File(..., description="JPEG or PNG image")):
+    from src.data.transforms import load_input_bytes
     from src.inference.gradcam import grad_cam, overlay_png
     data = read_image_upload(file)
     predictor = STATE["predictor"]
     if predictor.kind != "pytorch":
         raise HTTPException(409, "Grad-CAM needs a PyTorch checkpoint (.pth); this service runs an ONNX model")
     try:
-        image = load_input_bytes(data, predictor.img_size, file.filename or "upload")
+        with STATE["lock"]:  # decoding too: eight concurrent 49 MP decodes would take 2 GB at once
+            image = load_input_bytes(data, predictor.img_size, file.filename or "upload")
+            png = overlay_png(image, grad_cam(predictor.model, image))
     except ImageDecodeError as e:
         raise decode_error(e) from None
-    with STATE["lock"]:
-        png = overlay_png(image, grad_cam(predictor.model, image))
     return Response(png, media_type="image/png")
+
+
+class HeaderTimeoutProtocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a deadline for request headers: a client that opens a
+    connection (or finishes a request) and then trickles headers is disconnected after
+    HEADER_TIMEOUT_S, so slow clients cannot hold connections and file descriptors forever."""
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._header_timer = self.loop.call_later(HEADER_TIMEOUT_S, self._headers_overdue)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._header_timer.cancel()
+        self._header_timer = self.loop.call_later(HEADER_TIMEOUT_S, self._headers_overdue)
+
+    def connection_lost(self, exc) -> None:
+        self._header_timer.cancel()
+        super().connection_lost(exc)
+
+    def _headers_overdue(self) -> None:
+        if self.cycle is None or self.cycle.response_complete:  # no request in progress
+            self.transport.close()
+
+
+class RateLimitedLog(logging.Filter):
+    """At most `per_minute` records a minute per logger, then one line saying how many were
+    dropped: a flood of bad connections must not fill the disk with log lines."""
+
+    def __init__(self, per_minute: int = 600):
+        super().__init__()
+        self.per_minute, self.window, self.count, self.dropped = per_minute, 0, 0, 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        window = int(time.monotonic() // 60)
+        if window != self.window:
+            if self.dropped:
+                record.msg = f"({self.dropped} log lines dropped in the last minute) {record.msg}"
+            self.window, self.count, self.dropped = window, 0, 0
+        self.count += 1
+        if self.count > self.per_minute:
+            self.dropped += 1
+            return False
+        return True
+
+
+def main(argv=None) -> int:
+    import uvicorn
+    ap = argparse.ArgumentParser(description="Serve the melanoma classifier over HTTP (MODEL_PATH names the model).")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8000)
+    args = ap.parse_args(argv)
+    config = uvicorn.Config(app, host=args.host, port=args.port, http=HeaderTimeoutProtocol,
+                            limit_concurrency=LIMIT_CONCURRENCY, timeout_keep_alive=KEEP_ALIVE_S,
+                            h11_max_incomplete_event_size=16 * 1024)
+    for name in ("uvicorn.error", "uvicorn.access", "asyncio"):
+        logging.getLogger(name).addFilter(RateLimitedLog())
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,6 +6,7 @@ Writes go to a temporary file and are renamed into place, so a crash leaves the 
 """
 from __future__ import annotations
 
+import math
 import pickle
 import platform
 import zipfile
@@ -15,7 +16,7 @@ import torch
 import torchvision
 
 from src.data.atomic import replace_atomically
-from src.training.model import MelanomaNet
+from src.training.model import ARCHITECTURES, IMG_SIZE_RANGE, MelanomaNet
 
 FORMAT = "melanoma-classifier/1"
 REQUIRED_KEYS = ("format", "arch", "model_state", "img_size", "mean", "std")
@@ -53,14 +54,44 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if missing:
         raise CheckpointError(f"{path} lacks {missing}; it may come from an incompatible version")
+    check_settings(ckpt, path)
     return ckpt
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_settings(s: dict, source) -> None:
+    """Every field that prediction reads from a checkpoint or ONNX metadata, checked once, so that a
+    damaged or hand-edited file stops a command with one line instead of failing on every request."""
+    problems = []
+    if s.get("arch") not in ARCHITECTURES:
+        problems.append(f"arch {s.get('arch')!r} is not one of {ARCHITECTURES}")
+    size = s.get("img_size")
+    if not (isinstance(size, int) and not isinstance(size, bool) and IMG_SIZE_RANGE[0] <= size <= IMG_SIZE_RANGE[1]):
+        problems.append(f"img_size {size!r} is not a whole number of pixels in {IMG_SIZE_RANGE[0]}..{IMG_SIZE_RANGE[1]}")
+    for key in ("mean", "std"):
+        v = s.get(key)
+        if not (isinstance(v, (list, tuple)) and len(v) == 3 and all(_number(x) and 0 <= x <= 1 for x in v)):
+            problems.append(f"{key} {v!r} is not 3 numbers in 0..1 (one per RGB channel)")
+    if isinstance(s.get("std"), (list, tuple)) and any(_number(x) and x == 0 for x in s["std"]):
+        problems.append("std has a zero (division by zero)")
+    if "threshold" in s and not (_number(s["threshold"]) and 0 <= s["threshold"] <= 1):
+        problems.append(f"threshold {s['threshold']!r} is not a probability in 0..1")
+    if "temperature" in s and not (_number(s["temperature"]) and s["temperature"] > 0):
+        problems.append(f"temperature {s['temperature']!r} is not a positive number")
+    if "logit_bias" in s and not _number(s["logit_bias"]):
+        problems.append(f"logit_bias {s['logit_bias']!r} is not a number")
+    if problems:
+        raise CheckpointError(f"{source} has invalid settings: {'; '.join(problems)}")
 
 
 def model_from_checkpoint(ckpt: dict) -> MelanomaNet:
     model = MelanomaNet(ckpt["arch"], mean=ckpt["mean"], std=ckpt["std"])
     try:
         model.load_state_dict(ckpt["model_state"])
-    except RuntimeError as e:
+    except (RuntimeError, TypeError, AttributeError) as e:  # wrong shapes, or not a state dict at all
         raise CheckpointError(f"checkpoint weights do not fit {ckpt['arch']}: {str(e).splitlines()[0]}") from None
     return model.eval()
 

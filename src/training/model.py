@@ -5,7 +5,9 @@ uint8 to the device and every consumer (evaluation, prediction, serving, ONNX) g
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -15,6 +17,7 @@ from torch import nn
 from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 ARCHITECTURES = ("resnet18", "resnet34", "resnet50", "resnet101")
+IMG_SIZE_RANGE = (32, 2048)  # ResNets downsample 32x; above 2048 px a batch no longer fits any GPU
 
 
 class WeightsUnavailable(RuntimeError):
@@ -54,20 +57,60 @@ def weights_cache_path(weights) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
 
 
-def load_imagenet_backbone(model: MelanomaNet, arch: str) -> None:
-    """Load ImageNet weights from the torch cache, downloading them if needed; fail clearly offline."""
-    weights = imagenet_weights(arch)
-    cached = weights_cache_path(weights)
+def published_hash_prefix(url: str) -> str:
+    """The SHA-256 prefix that torchvision puts in its weight file names: resnet50-11ad3fa6.pth."""
+    match = re.search(r"-([a-f0-9]{8,64})\.pth$", os.path.basename(url))
+    if not match:
+        raise WeightsUnavailable(f"{url} carries no hash in its name; cannot verify it")
+    return match.group(1)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fetch_weights(weights, cached: Path) -> None:
+    """Download to a temporary name, then rename: an interrupted download never looks cached."""
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_name(cached.name + ".partial")
     try:
-        state = weights.get_state_dict(progress=True, check_hash=True)
-    except Exception as e:  # URLError, socket errors, HTTP errors, a corrupt partial file...
+        torch.hub.download_url_to_file(weights.url, str(tmp), progress=True)
+        os.replace(tmp, cached)
+    except Exception as e:  # URLError, socket errors, HTTP errors...
+        tmp.unlink(missing_ok=True)
         raise WeightsUnavailable(
-            f"ImageNet weights for {arch} are not in the torch cache and could not be downloaded "
-            f"({type(e).__name__}: {e}).\n"
+            f"ImageNet weights are not in the torch cache and could not be downloaded ({type(e).__name__}: {e}).\n"
             f"  Expected file: {cached}\n"
             f"  Download {weights.url} on a machine with network and copy it there "
             f"(or set TORCH_HOME to a folder whose hub/checkpoints/ holds it),\n"
             f"  or train from random weights with --PRETRAINED=False (much weaker on real data).") from None
+
+
+def verified_state_dict(weights, cached: Path) -> dict:
+    """The weight file's SHA-256 must start with the hash in its published name, and it is loaded with
+    weights_only=True: a planted or corrupted file in the cache is refused and never unpickled."""
+    expected, actual = published_hash_prefix(weights.url), sha256_of(cached)
+    if not actual.startswith(expected):
+        raise WeightsUnavailable(
+            f"{cached} is not the published file: its SHA-256 is {actual[:16]}..., the name promises "
+            f"{expected}... Refusing to load it. Delete it and download {weights.url} again.")
+    try:
+        return torch.load(cached, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means: not plain weights
+        raise WeightsUnavailable(f"{cached} could not be loaded as plain weights: {str(e).splitlines()[0]}") from None
+
+
+def load_imagenet_backbone(model: MelanomaNet, arch: str) -> None:
+    """Load ImageNet weights from the torch cache, downloading them if needed; fail clearly offline."""
+    weights = imagenet_weights(arch)
+    cached = weights_cache_path(weights)
+    if not cached.is_file():
+        fetch_weights(weights, cached)
+    state = verified_state_dict(weights, cached)
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}  # ImageNet's 1000-class head
     missing, unexpected = model.backbone.load_state_dict(state, strict=False)
     assert set(missing) == {"fc.weight", "fc.bias"} and not unexpected, (missing, unexpected)

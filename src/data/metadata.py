@@ -299,11 +299,15 @@ def drop_official_duplicates(table: pd.DataFrame, duplicates_csv) -> tuple[pd.Da
     return table[~drop].reset_index(drop=True), int(drop.sum())
 
 
+def text(values: pd.Series) -> pd.Series:
+    """Stripped strings with a missing value as "": the same under pandas 2 and 3 (where
+    astype(str) keeps NaN as a float, which then breaks sorting and comparison with strings)."""
+    return values.astype(object).where(values.notna(), "").astype(str).str.strip()
+
+
 def split_groups(table: pd.DataFrame) -> np.ndarray:
     """The unit that must not cross splits: the patient, else the lesion, else the image itself."""
-    patient = table["patient_id"].astype(str).str.strip()
-    lesion = "lesion:" + table["lesion_id"].astype(str).str.strip()
-    image = "image:" + table["image_name"].astype(str)
-    groups = np.where(patient != "", patient, np.where(table["lesion_id"].astype(str).str.strip() != "",
-                                                          lesion, image))
+    patient, lesion = text(table["patient_id"]), text(table["lesion_id"])
+    image = "image:" + text(table["image_name"])
+    groups = np.where(patient != "", patient, np.where(lesion != "", "lesion:" + lesion, image))
     return groups.astype(str)

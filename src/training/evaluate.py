@@ -29,7 +29,7 @@ import pandas as pd
 from src.data.atomic import atomic_write_json, atomic_write_text
 from src.data.dataset import ImageDataset, make_loader
 from src.data.loader import DataError, load_labeled_images
-from src.data.metadata import split_groups
+from src.data.metadata import split_groups, text
 from src.data.splits import SplitError, read_split
 from src.training import metrics as M
 from src.training import report as R
@@ -101,14 +101,21 @@ def metric_fns() -> dict:
     return fns
 
 
+UNKNOWN = "unknown"  # a missing age, sex or site is a subgroup of its own, reported like the others
+
+
+def subgroup_values(table: pd.DataFrame) -> dict[str, np.ndarray]:
+    bands = pd.cut(table["age_approx"], [b[0] for b in AGE_BANDS] + [200], right=False,
+                   labels=[b[2] for b in AGE_BANDS]).astype(object)
+    columns = {"sex": text(table["sex"]), "anatomic site": text(table["anatom_site"]),
+               "age band": text(bands)}
+    return {name: values.replace("", UNKNOWN).to_numpy() for name, values in columns.items()}
+
+
 def subgroups(table: pd.DataFrame, y, p, groups, n, seed) -> list[dict]:
-    columns = {"sex": table["sex"].astype(str).str.strip(), "anatomic site": table["anatom_site"].astype(str).str.strip(),
-               "age band": pd.cut(table["age_approx"], [b[0] for b in AGE_BANDS] + [200], right=False,
-                                  labels=[b[2] for b in AGE_BANDS]).astype(str).replace("nan", "")}
     out = []
-    for attribute, values in columns.items():
-        values = values.to_numpy()
-        for value in sorted(set(values) - {""}):
+    for attribute, values in subgroup_values(table).items():
+        for value in sorted(set(values), key=lambda v: (v == UNKNOWN, v)):  # "unknown" last
             mask = values == value
             ys, ps = y[mask], p[mask]
             enough = min(int(ys.sum()), int((ys == 0).sum())) >= MIN_CASES_FOR_AUC

@@ -79,6 +79,7 @@ DEMO_IMAGES, DEMO_MELANOMA_RATE = 1200, 0.2
 from src.data.dataset import EpochSampler, ImageDataset, make_loader  # noqa: E402
 from src.data.demo import make_demo_dataset  # noqa: E402
 from src.data.loader import DataError, load_labeled_images  # noqa: E402
+from src.data.metadata import text  # noqa: E402
 from src.data.splits import SplitError, make_split, read_split, write_split  # noqa: E402
 from src.data.atomic import atomic_write_json  # noqa: E402
 from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
@@ -163,9 +164,9 @@ def get_split(table: pd.DataFrame, c, out: Path, rank: int) -> pd.DataFrame:
 
 def split_grouping(table: pd.DataFrame) -> str:
     """What the split kept together, said plainly: without patient ids a patient can be on both sides."""
-    if (table["patient_id"].astype(str).str.strip() != "").all():
+    if (text(table["patient_id"]) != "").all():
         return "no patient in both"
-    if (table["lesion_id"].astype(str).str.strip() != "").any():
+    if (text(table["lesion_id"]) != "").any():
         return "grouped by patient where known, else lesion, else image (labels lack some patient ids)"
     return "grouped by image only: these labels have no patient or lesion ids, so one patient may be on both sides"
 

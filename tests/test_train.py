@@ -166,3 +166,70 @@ def test_two_process_gloo_run_matches_single_process_evaluation(demo_dir, tmp_pa
     pred = predict(model, make_loader(ds, 16), Runtime(torch.device("cpu")))
     assert len(pred["logits"]) == len(val)
     assert roc_auc(pred["targets"], pred["logits"]) == pytest.approx(h["best_val_auc"], abs=1e-6)
+
+
+@pytest.mark.parametrize("setting,message", [
+    ("--BATCH_SIZE=0", "BATCH_SIZE must be at least 1"), ("--IMG_SIZE=0", "IMG_SIZE must be in 32..2048"),
+    ("--ARCH=vgg16", "ARCH must be one of"), ("--IMBALANCE=bogus", "IMBALANCE must be one of"),
+    ("--NUM_EPOCHS=0", "NUM_EPOCHS must be at least 1"), ("--NUM_EPOCHS=-1", "NUM_EPOCHS must be at least 1"),
+    ("--FOLD=5", "FOLD must be in 0..4"), ("--MALIGNANT_NON_MELANOMA=yes", "MALIGNANT_NON_MELANOMA must be one of"),
+])
+def test_bad_settings_stop_before_any_work(demo_dir, tmp_path, capsys, setting, message):
+    # They used to fail after loading data and writing split.csv, or (NUM_EPOCHS<=0) exit 0.
+    from src.training import train
+    out = tmp_path / "run"
+    assert train.main(tiny_args(demo_dir, out, 1, setting)[1:]) == 2
+    assert message in capsys.readouterr().err and not out.exists()
+
+
+def test_a_second_run_into_the_same_folder_is_refused_while_the_first_holds_it(demo_dir, tmp_path):
+    from src.training.train import RunExists, lock_run_dir
+    out = tmp_path / "run"
+    lock = lock_run_dir(out)  # as a running train.py holds it
+    r = run_script(*tiny_args(demo_dir, out, 1, "--OVERWRITE=True"))
+    assert r.returncode == 1 and f"another training run (pid {os.getpid()}" in r.stderr
+    assert not (out / "split.csv").exists()
+    with pytest.raises(RunExists):
+        lock_run_dir(out)
+    lock.close()  # as when that process ends, kill -9 included: the lock file stays, the lock does not
+    lock_run_dir(out).close()
+
+
+def test_evaluation_refuses_a_split_that_is_not_the_checkpoints(trained_run, tmp_path):
+    import shutil
+    out = tmp_path / "run"
+    shutil.copytree(trained_run[0], out)
+    best = out / trained_run[1].name
+    split = (out / "split.csv").read_text().replace(",train\n", ",val\n", 3)  # another run's split
+    (out / "split.csv").write_text(split)
+    r = run_script("src/training/evaluate.py", "--checkpoint", best, "--bootstrap", 10, "--workers", 0)
+    assert r.returncode == 1 and "is not the split this model was trained with" in r.stderr, r.stderr
+
+
+def test_a_full_disk_stops_training_with_a_message_and_keeps_the_last_good_checkpoint(demo_dir, tmp_path,
+                                                                                         monkeypatch, capsys):
+    import errno
+
+    from src.training import train
+    real_save = torch.save
+
+    def save_until_the_disk_fills(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and obj.get("epoch") == 2:
+            real_save(obj, f, *args, **kwargs)  # half a file is on disk when the error comes
+            raise OSError(errno.ENOSPC, "No space left on device", str(f))
+        return real_save(obj, f, *args, **kwargs)
+    monkeypatch.setattr(torch, "save", save_until_the_disk_fills)
+    out = tmp_path / "run"
+    assert train.main(tiny_args(demo_dir, out, 2)[1:]) == 1
+    err = capsys.readouterr().err
+    assert "error: No space left on device" in err and f"the last good checkpoint, {out / 'last.pth'}, is intact" in err
+    assert load_checkpoint(out / "last.pth")["epoch"] == 1 and not list(out.glob(".*.tmp"))
+
+
+def test_temporaries_of_a_killed_save_are_removed_by_the_next_run(demo_dir, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".last.pth.x1y2z3.tmp").write_bytes(b"")  # what kill -9 during torch.save leaves behind
+    r = run_script(*tiny_args(demo_dir, out, 1))
+    assert r.returncode == 0, r.stderr
+    assert "Removed 1 temporary file(s)" in r.stdout and not list(out.glob(".*.tmp"))

@@ -40,3 +40,13 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def remove_stale_temporaries(folder: str | Path) -> int:
+    """Delete the temporary files that a killed writer left in `folder` (a kill -9 mid-save leaves
+    one behind). Only for a folder that no other process is writing to: the caller holds its lock."""
+    removed = 0
+    for tmp in Path(folder).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed

@@ -7,6 +7,7 @@ close to the whole set's (scikit-learn's StratifiedGroupKFold).
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,12 @@ def check_no_leak(split: pd.DataFrame) -> int:
 
 def write_split(split: pd.DataFrame, path: str | Path) -> None:
     atomic_write_text(path, split[SPLIT_COLUMNS].to_csv(index=False))
+
+
+def split_digest(path: str | Path) -> str:
+    """SHA-256 of a split file: a checkpoint records it, so that evaluation can tell its own split
+    from one that another run wrote into the same folder."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def read_split(path: str | Path) -> pd.DataFrame:

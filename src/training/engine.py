@@ -79,6 +79,9 @@ def focal_loss(logits, targets, gamma: float = 2.0, pos_weight: float = 1.0):
     return weight * (1 - p_correct) ** gamma * bce
 
 
+IMBALANCE_CHOICES = ("weighted_bce", "focal", "sampler", "none")
+
+
 def make_loss(kind: str, pos_weight: float, gamma: float):
     """Per-sample loss function for the IMBALANCE setting."""
     if kind == "weighted_bce":
@@ -89,7 +92,7 @@ def make_loss(kind: str, pos_weight: float, gamma: float):
         return lambda z, y: focal_loss(z, y, gamma)
     if kind in ("sampler", "none"):
         return lambda z, y: F.binary_cross_entropy_with_logits(z, y, reduction="none")
-    raise ValueError(f"IMBALANCE must be weighted_bce, focal, sampler or none, not {kind!r}")
+    raise ValueError(f"IMBALANCE must be one of {IMBALANCE_CHOICES}, not {kind!r}")
 
 
 def _check_finite(loss_sum: torch.Tensor, epoch: int, step: int) -> None:

@@ -30,7 +30,7 @@ from src.data.atomic import atomic_write_json, atomic_write_text
 from src.data.dataset import ImageDataset, make_loader
 from src.data.loader import DataError, load_labeled_images
 from src.data.metadata import split_groups, text
-from src.data.splits import SplitError, read_split
+from src.data.splits import SplitError, read_split, split_digest
 from src.training import metrics as M
 from src.training import report as R
 from src.training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
@@ -49,6 +49,11 @@ def own_validation_set(ckpt: dict, ckpt_path: Path) -> tuple[pd.DataFrame, str]:
     c = ckpt.get("config", {})
     split_path = ckpt_path.parent / ckpt.get("split_file", "split.csv")
     split = read_split(split_path)
+    if ckpt.get("split_sha256") and split_digest(split_path) != ckpt["split_sha256"]:
+        raise EvaluationError(f"{split_path} is not the split this model was trained with (its SHA-256 differs "
+                              f"from the one in {ckpt_path.name}; was another run written to this folder?). "
+                              f"Its 'validation' images may be training images of this model: refusing to "
+                              f"evaluate on them. Pass an independent set with --metadata/--images.")
     data = load_labeled_images(c.get("METADATA_CSV", "data/metadata.csv"), c.get("DATA_DIR", "data/isic"),
                                ckpt["img_size"], c.get("CACHE_DIR") or None, c.get("DUPLICATES_CSV") or None,
                                c.get("MALIGNANT_NON_MELANOMA", "negative"), skip_missing=True)

@@ -16,8 +16,10 @@ On CUDA it uses bf16 autocast, channels_last and a uint8 data path (see README "
 """
 from __future__ import annotations
 
+import fcntl
 import math
 import random
+import socket
 import sys
 import time
 from pathlib import Path
@@ -80,14 +82,16 @@ from src.data.dataset import EpochSampler, ImageDataset, make_loader  # noqa: E4
 from src.data.demo import make_demo_dataset  # noqa: E402
 from src.data.loader import DataError, load_labeled_images  # noqa: E402
 from src.data.metadata import text  # noqa: E402
-from src.data.splits import SplitError, make_split, read_split, write_split  # noqa: E402
-from src.data.atomic import atomic_write_json  # noqa: E402
+from src.data.splits import SplitError, folds_for_fraction, make_split, read_split, split_digest, write_split  # noqa: E402
+from src.data.atomic import atomic_write_json, remove_stale_temporaries  # noqa: E402
+from src.data.metadata import MALIGNANT_POLICIES  # noqa: E402
 from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from src.training import distributed as dist  # noqa: E402
 from src.training.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint, versions  # noqa: E402
 from src.training.config import ConfigError, apply_overrides  # noqa: E402
-from src.training.engine import NonFiniteLoss, Runtime, amp_dtype_for, evaluate, make_loss, train_one_epoch  # noqa: E402
-from src.training.model import WeightsUnavailable, build_model  # noqa: E402
+from src.training.engine import (IMBALANCE_CHOICES, NonFiniteLoss, Runtime, amp_dtype_for, evaluate,  # noqa: E402
+                                 make_loss, train_one_epoch)
+from src.training.model import ARCHITECTURES, IMG_SIZE_RANGE, WeightsUnavailable, build_model  # noqa: E402
 from src.training.report import plot_training_curves  # noqa: E402
 
 
@@ -118,6 +122,55 @@ def resolve_config(argv: list[str]) -> SimpleNamespace:
         config.update(DEMO_PRESET)
     config = apply_overrides(config, [a for a in argv if a != "--demo"])
     return SimpleNamespace(**config, DEMO=demo)
+
+
+def check_settings(c) -> None:
+    """Every setting, checked before any data is read or file written: a typo costs a second, not an epoch."""
+    rules = [
+        (c.ARCH in ARCHITECTURES, f"ARCH must be one of {ARCHITECTURES}, not {c.ARCH!r}"),
+        (IMG_SIZE_RANGE[0] <= c.IMG_SIZE <= IMG_SIZE_RANGE[1], f"IMG_SIZE must be in {IMG_SIZE_RANGE[0]}..{IMG_SIZE_RANGE[1]}"),
+        (c.BATCH_SIZE >= 1, "BATCH_SIZE must be at least 1"),
+        (c.NUM_EPOCHS >= 1, "NUM_EPOCHS must be at least 1"),
+        (0 < c.LEARNING_RATE < math.inf, "LEARNING_RATE must be a positive number"),
+        (c.BACKBONE_LR_SCALE >= 0 and c.WARMUP_EPOCHS >= 0 and c.WEIGHT_DECAY >= 0 and c.FOCAL_GAMMA >= 0,
+         "BACKBONE_LR_SCALE, WARMUP_EPOCHS, WEIGHT_DECAY and FOCAL_GAMMA cannot be negative"),
+        (c.IMBALANCE in IMBALANCE_CHOICES, f"IMBALANCE must be one of {IMBALANCE_CHOICES}, not {c.IMBALANCE!r}"),
+        (c.MALIGNANT_NON_MELANOMA in MALIGNANT_POLICIES,
+         f"MALIGNANT_NON_MELANOMA must be one of {MALIGNANT_POLICIES}, not {c.MALIGNANT_NON_MELANOMA!r}"),
+        (0 < c.VAL_FRACTION < 1, "VAL_FRACTION must be between 0 and 1"),
+        (c.NUM_FOLDS == 0 or c.NUM_FOLDS >= 2, "NUM_FOLDS must be 0 (use VAL_FRACTION) or at least 2"),
+        (c.NUM_WORKERS >= -1 and c.PREFETCH_FACTOR >= 1 and c.MAX_STEPS_PER_EPOCH >= 0,
+         "NUM_WORKERS must be -1 or more, PREFETCH_FACTOR at least 1, MAX_STEPS_PER_EPOCH 0 or more"),
+    ]
+    problems = [message for ok, message in rules if not ok]
+    if not problems and not 0 <= c.FOLD < (c.NUM_FOLDS or folds_for_fraction(c.VAL_FRACTION)):
+        problems.append(f"FOLD must be in 0..{(c.NUM_FOLDS or folds_for_fraction(c.VAL_FRACTION)) - 1}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def lock_run_dir(out: Path):
+    """One training run per CHECKPOINT_DIR at a time: two runs writing one folder mixed a model with
+    another run's split. flock is released by the kernel when the process dies, so a killed run
+    never leaves a stale lock. Returns the open lock file; keep it open for the whole run."""
+    out.mkdir(parents=True, exist_ok=True)
+    handle = open(out / "run.lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "another process"
+        handle.close()
+        raise RunExists(f"another training run ({owner}) is writing to {out}/; wait for it to finish "
+                        f"or use another --CHECKPOINT_DIR") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+    removed = remove_stale_temporaries(out)
+    if removed:
+        log(f"Removed {removed} temporary file(s) left in {out}/ by an interrupted save")
+    return handle
 
 
 def make_runtime(c, rank: int, world: int, local_rank: int) -> Runtime:
@@ -245,7 +298,8 @@ def inference_payload(model, c, epoch: int, record: dict) -> dict:
     return {"format": FORMAT, "arch": c.ARCH, "img_size": c.IMG_SIZE, "mean": list(IMAGENET_MEAN),
             "std": list(IMAGENET_STD), "threshold": 0.5, "temperature": 1.0,
             "model_state": model.state_dict(), "config": dict(vars(c)), "epoch": epoch + 1,
-            "metrics": record, "versions": versions(), "split_file": "split.csv"}
+            "metrics": record, "versions": versions(), "split_file": "split.csv",
+            "split_sha256": split_digest(Path(c.CHECKPOINT_DIR) / "split.csv")}
 
 
 def rng_state() -> dict:
@@ -328,6 +382,7 @@ def fit(c, rank: int, world: int, local_rank: int) -> int:
     random.seed(c.SEED)
     rt = make_runtime(c, rank, world, local_rank)
     out = Path(c.CHECKPOINT_DIR)
+    lock = lock_run_dir(out) if rank == 0 else None  # noqa: F841 - held until the process ends
     check_run_dir(out, c)
     table = prepare_data(c, rank)
     split = get_split(table, c, out, rank)
@@ -370,6 +425,7 @@ def main(argv=None) -> int:
         return 0
     try:
         c = resolve_config(argv)
+        check_settings(c)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -383,6 +439,12 @@ def main(argv=None) -> int:
         last = Path(c.CHECKPOINT_DIR) / "last.pth"
         kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written"
         print(f"error: {e}. Training stopped; {kept}. Try a lower LEARNING_RATE.", file=sys.stderr)
+        return 1
+    except OSError as e:  # a full disk, a read-only or vanished folder: say so, keep what was saved
+        last = Path(c.CHECKPOINT_DIR) / "last.pth"
+        kept = f"the last good checkpoint, {last}, is intact" if last.is_file() else "no checkpoint was written"
+        print(f"error: {e.strerror or e}: {e.filename or c.CHECKPOINT_DIR}. Training stopped; {kept}.",
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         last = Path(c.CHECKPOINT_DIR) / "last.pth"

@@ -87,3 +87,75 @@ def test_loader_uses_a_large_enough_cache_and_falls_back_otherwise(demo_dir, tmp
     data = load_labeled_images(str(demo_dir / "metadata.csv"), str(demo_dir), img_size=128, cache_dir=str(cache))
     assert data.cache_dir is None and not any(p.startswith(str(cache)) for p in data.table["path"])
     assert "holds 96 px images, smaller than IMG_SIZE=128" in capsys.readouterr().err
+
+
+def test_prepare_recaches_changed_originals_and_forgets_fixed_failures(demo_dir, tmp_path):
+    import os
+
+    import numpy as np
+    images = tmp_path / "originals"
+    shutil.copytree(demo_dir, images)
+    (images / "ISIC_bad.jpg").write_text("not an image")
+    out = tmp_path / "cache"
+    args = ("src/data/prepare.py", "--images", images, "--out", out, "--size", 48, "--workers", 1)
+    assert run_script(*args).returncode == 0 and (out / "unreadable.csv").is_file()
+    shutil.copy(images / "ISIC_9000001.jpg", images / "ISIC_bad.jpg")  # the bad file is fixed
+    changed = images / "ISIC_9000002.jpg"
+    cv2.imwrite(str(changed), np.full((60, 60, 3), 255, np.uint8))  # an original replaced by another image
+    os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
+    r = run_script(*args)
+    assert "2 written, 79 already there, 0 unreadable" in r.stdout, r.stdout
+    assert not (out / "unreadable.csv").exists()
+    assert cv2.imread(str(out / "ISIC_9000002.jpg")).min() > 240  # the new picture, not the old one
+
+
+def test_training_says_how_many_images_came_from_a_partial_cache(demo_dir, tmp_path):
+    from conftest import tiny_train_args
+    from src.data.prepare import prepare_cache
+    cache = tmp_path / "cache"
+    prepare_cache(str(demo_dir), str(cache), size=48, workers=1, progress=False)
+    for path in sorted(cache.glob("ISIC_*.jpg"))[:30]:
+        path.unlink()  # as when prepare.py was interrupted
+    args = [a for a in tiny_train_args(demo_dir, tmp_path / "run", 1) if not a.startswith("--CACHE_DIR")]
+    r = run_script(*args, f"--CACHE_DIR={cache}", "--MAX_STEPS_PER_EPOCH=1")
+    assert r.returncode == 0, r.stderr
+    assert f"cache {cache} (50 images; 30 not cached yet, read from the originals)" in r.stdout
+
+
+def odd_folder(demo_dir, tmp_path):
+    """The demo images plus what used to abort a whole batch: a header over OpenCV's own pixel limit
+    (40000x40000, a few hundred bytes) and symlink loops, as a folder and as an image."""
+    import os
+    import struct
+    import zlib
+
+    import numpy as np
+    folder = tmp_path / "odd"
+    shutil.copytree(demo_dir, folder)
+    png = bytearray(cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes())
+    png[16:24] = struct.pack(">II", 40000, 40000)
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])))  # a valid IHDR, CRC included
+    (folder / "ISIC_9000003.jpg").unlink()
+    (folder / "ISIC_9000003.png").write_bytes(bytes(png))
+    os.symlink("loop", folder / "loop")
+    (folder / "ISIC_9000004.jpg").unlink()
+    os.symlink("ISIC_9000004.jpg", folder / "ISIC_9000004.jpg")
+    return folder
+
+
+def test_odd_files_are_skipped_with_a_reason_by_every_command(demo_dir, trained_run, tmp_path):
+    import pandas as pd
+    from conftest import tiny_train_args
+    folder = odd_folder(demo_dir, tmp_path)
+    r = run_script("src/data/prepare.py", "--images", folder, "--out", tmp_path / "cache", "--size", 48)
+    assert r.returncode == 0 and "78 written, 0 already there, 2 unreadable" in r.stdout, r.stderr
+    r = run_script("src/data/loader.py", "--images", folder, "--decode")
+    assert r.returncode == 1 and "error: 2 unreadable image files" in r.stderr and "Traceback" not in r.stderr
+    r = run_script("src/inference/predict.py", "--checkpoint", trained_run[1], folder, "--out", tmp_path / "p.csv",
+                   "--workers", 0)
+    assert r.returncode == 0, r.stderr
+    errors = pd.read_csv(tmp_path / "p.csv", keep_default_na=False).set_index("image_name")["error"]
+    assert "image is 40000x40000 pixels, above the limit" in errors["ISIC_9000003"]
+    assert "Too many levels of symbolic links" in errors["ISIC_9000004"] and (errors == "").sum() == 78
+    r = run_script(*tiny_train_args(folder, tmp_path / "run", 1))
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr

@@ -50,6 +50,7 @@ class LabeledImages:
     metadata_paths: list[Path]
     missing: list[str] = field(default_factory=list)
     cache_dir: str | None = None         # the prepared cache in use, if any
+    from_cache: int = 0                  # rows read from that cache; the rest come from the originals
 
 
 def find_metadata(metadata_csv: str, images_dir: str) -> list[Path]:
@@ -67,16 +68,17 @@ def find_metadata(metadata_csv: str, images_dir: str) -> list[Path]:
                     f"(also looked for {inside}).")
 
 
-def image_index(images_dir: str, cache_dir: str | None, img_size: int | None) -> tuple[dict, str | None]:
-    """id -> path over every image folder (comma-separated), with prepared-cache files taking priority."""
+def image_index(images_dir: str, cache_dir: str | None, img_size: int | None) -> tuple[dict, str | None, set]:
+    """id -> path over every image folder (comma-separated), with prepared-cache files taking
+    priority; also the cache in use and the ids found in it."""
     found: dict[str, str] = {}
     for folder in [d.strip() for d in str(images_dir).split(",") if d.strip()]:
         for key, path in index_images(folder).items():
             found.setdefault(key, path)
     cache = usable_cache(cache_dir, img_size)
-    if cache:
-        found.update(index_images(cache))
-    return found, cache
+    cached = index_images(cache) if cache else {}
+    found.update(cached)
+    return found, cache, set(cached)
 
 
 def usable_cache(cache_dir: str | None, img_size: int | None) -> str | None:
@@ -102,7 +104,7 @@ def load_labeled_images(metadata_csv: str = DEFAULT_METADATA, images_dir: str = 
         metadata = read_metadata(paths, malignant_non_melanoma, duplicates_csv or None, require_labels)
     except MetadataError as e:
         raise DataError(str(e)) from None
-    index, cache = image_index(images_dir, cache_dir, img_size)
+    index, cache, cached = image_index(images_dir, cache_dir, img_size)
     table = metadata.table.copy()
     table["path"] = table["image_name"].map(index)
     missing = table.loc[table["path"].isna(), "image_name"].tolist()
@@ -115,7 +117,7 @@ def load_labeled_images(metadata_csv: str = DEFAULT_METADATA, images_dir: str = 
         table = table[table["path"].notna()].reset_index(drop=True)
     if table.empty:
         raise DataError(f"No images left to use from {', '.join(map(str, paths))}.")
-    return LabeledImages(table, metadata, paths, missing, cache)
+    return LabeledImages(table, metadata, paths, missing, cache, int(table["image_name"].isin(cached).sum()))
 
 
 def missing_message(missing: list[str], total: int, images_dir: str) -> str:
@@ -176,7 +178,7 @@ def dataset_report(data: LabeledImages, val_fraction: float, fold: int, seed: in
         "split_groups": int(split["patient_id"].nunique()),
         "dropped": data.metadata.dropped, "missing_images": len(data.missing),
         "unreadable": [{"path": p, "reason": r} for p, r in unreadable.items()],
-        "cache": data.cache_dir, "split": split_summary(split),
+        "cache": data.cache_dir, "from_cache": data.from_cache, "split": split_summary(split),
     }
 
 
@@ -192,7 +194,8 @@ def print_report(report: dict) -> None:
     for item in report["unreadable"][:10]:
         print(f"  {item['path']}: {item['reason']}")
     if report["cache"]:
-        print(f"cache:         {report['cache']}")
+        print(f"cache:         {report['cache']} ({report['from_cache']:,} of {report['rows']:,} images; "
+              f"the rest are read from the originals)")
     unit = "patients" if report["patients"] else "groups"
     for name in ("train", "val"):
         s = report["split"].get(name, {})

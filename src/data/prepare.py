@@ -3,7 +3,8 @@
     python src/data/prepare.py [--images data/isic] [--out data/cache] [--size 512] [--workers N]
 
 Every core works (one process each); a tqdm bar shows progress. Resumable: files already in the
-cache are skipped. Each file is written to a temporary name and renamed, so an interrupted run never
+cache are skipped, unless their original changed since (size or modification time, recorded in
+OUT/sources.csv). Each file is written to a temporary name and renamed, so an interrupted run never
 leaves a half-written JPEG. Unreadable originals are listed in OUT/unreadable.csv and skipped.
 Training (train.py CACHE_DIR) uses the cache when its size is at least IMG_SIZE.
 ISIC 2020 (33,126 images, 24 GB) -> 512 px cache: about 2 GB.
@@ -61,6 +62,41 @@ def check_cache_size(out: Path, size: int) -> None:
             raise PrepareError(f"{out} already holds a {old} px cache; use another --out for {size} px")
 
 
+SOURCES = "sources.csv"  # key,size,mtime_ns of the original each cached file was made from
+
+
+def read_sources(out_dir: Path) -> dict[str, tuple[int, int]]:
+    path = out_dir / SOURCES
+    if not path.is_file():
+        return {}
+    rows = [line.rsplit(",", 2) for line in path.read_text().splitlines()[1:] if line.count(",") >= 2]
+    return {key: (int(size), int(mtime)) for key, size, mtime in rows}
+
+
+def write_sources(out_dir: Path, sources: dict[str, tuple[int, int]]) -> None:
+    lines = ["key,size,mtime_ns"] + [f"{k},{size},{mtime}" for k, (size, mtime) in sorted(sources.items())]
+    atomic_write_text(out_dir / SOURCES, "\n".join(lines) + "\n")
+
+
+def stamp(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
+def stale_or_missing(originals: dict[str, str], out_dir: Path, sources: dict) -> dict[str, tuple[int, int]]:
+    """key -> (size, mtime) of every original whose cached copy is missing or was made from another
+    version of the file (changed size or modification time), so an edited original is re-cached."""
+    todo = {}
+    for key, src in originals.items():
+        try:
+            current = stamp(src)
+        except OSError:
+            current = (-1, -1)  # unreadable: prepare_one reports why
+        if sources.get(key) != current or not (out_dir / f"{key}.jpg").exists():
+            todo[key] = current
+    return todo
+
+
 def prepare_cache(images: str, out: str, size: int = 512, workers: int = 0, progress: bool = True) -> dict:
     """Fill the cache; returns counts and throughput."""
     out_dir = Path(out)
@@ -70,24 +106,35 @@ def prepare_cache(images: str, out: str, size: int = 512, workers: int = 0, prog
     out_dir.mkdir(parents=True, exist_ok=True)
     check_cache_size(out_dir, size)
     atomic_write_json(out_dir / CACHE_INFO, {"size": size, "source": str(images), "quality": JPEG_QUALITY})
-    todo = [(src, str(out_dir / f"{key}.jpg"), size) for key, src in originals.items()
-            if not (out_dir / f"{key}.jpg").exists()]
-    workers = workers or os.cpu_count() or 1
+    sources = read_sources(out_dir)
+    todo = stale_or_missing(originals, out_dir, sources)
+    tasks = [(originals[key], str(out_dir / f"{key}.jpg"), size) for key in todo]
     start, failed = time.perf_counter(), {}
-    with Pool(workers, initializer=_init_worker) as pool:
-        results = pool.imap_unordered(prepare_one, todo, chunksize=8)
-        for src, error in tqdm(results, total=len(todo), desc=f"prepare {size}px", unit="img",
-                               disable=not progress):
+    with Pool(workers or os.cpu_count() or 1, initializer=_init_worker) as pool:
+        results = pool.imap_unordered(prepare_one, tasks, chunksize=8)
+        for src, error in tqdm(results, total=len(tasks), desc=f"prepare {size}px", unit="img", disable=not progress):
             if error:
                 failed[src] = error
     seconds = time.perf_counter() - start
+    keys = {src: key for key, src in originals.items()}
+    sources.update({keys[src]: todo[keys[src]] for src, _, _ in tasks if src not in failed})
+    for src in failed:  # an older cached copy of a now unreadable original must not stand in for it
+        (out_dir / f"{keys[src]}.jpg").unlink(missing_ok=True)
+    write_sources(out_dir, {k: v for k, v in sources.items() if k in originals and originals[k] not in failed})
+    report_unreadable(out_dir, failed)
+    done = len(tasks) - len(failed)
+    return {"images": len(originals), "written": done, "skipped_existing": len(originals) - len(tasks),
+            "unreadable": len(failed), "seconds": round(seconds, 2),
+            "images_per_s": round(done / seconds, 1) if seconds > 0 and done else None}
+
+
+def report_unreadable(out_dir: Path, failed: dict[str, str]) -> None:
+    """unreadable.csv lists this run's failures; with none, an old list (of since fixed files) is removed."""
     if failed:
         lines = ["path,error"] + [f'"{p}","{e}"' for p, e in sorted(failed.items())]
         atomic_write_text(out_dir / "unreadable.csv", "\n".join(lines) + "\n")
-    done = len(todo) - len(failed)
-    return {"images": len(originals), "written": done, "skipped_existing": len(originals) - len(todo),
-            "unreadable": len(failed), "seconds": round(seconds, 2),
-            "images_per_s": round(done / seconds, 1) if seconds > 0 and done else None}
+    else:
+        (out_dir / "unreadable.csv").unlink(missing_ok=True)
 
 
 def main(argv=None) -> int:

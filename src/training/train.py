@@ -363,7 +363,8 @@ def prepare_data(c, rank: int):
     t = data.table
     log(f"Data: {len(t):,} images, {int(t['target'].sum()):,} melanoma ({100 * t['target'].mean():.2f}%), "
         f"labels from {', '.join(map(str, data.metadata_paths))}"
-        + (f", cache {data.cache_dir}" if data.cache_dir else ""), rank=rank)
+        + (f", cache {data.cache_dir} ({data.from_cache:,} images; {len(t) - data.from_cache:,} not cached yet, "
+           f"read from the originals)" if data.cache_dir else ""), rank=rank)
     return t
 
 

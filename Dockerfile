@@ -21,4 +21,6 @@ USER app
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD python -c "import urllib.request, sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4).status != 200)"
-CMD ["uvicorn", "src.inference.serve:app", "--host", "0.0.0.0", "--port", "8000"]
+# serve.py runs uvicorn with the service's limits (docs/serving.md): connections, keep-alive, header
+# and body timeouts, bounded logs.
+CMD ["python", "src/inference/serve.py", "--host", "0.0.0.0", "--port", "8000"]

@@ -383,8 +383,9 @@ def fit(c, rank: int, world: int, local_rank: int) -> int:
     random.seed(c.SEED)
     rt = make_runtime(c, rank, world, local_rank)
     out = Path(c.CHECKPOINT_DIR)
+    check_run_dir(out, c)  # before the lock, so that a refused run leaves the folder untouched
     lock = lock_run_dir(out) if rank == 0 else None  # noqa: F841 - held until the process ends
-    check_run_dir(out, c)
+    check_run_dir(out, c)  # again: another run may have finished in between
     table = prepare_data(c, rank)
     split = get_split(table, c, out, rank)
     model = build_model(c.ARCH, c.PRETRAINED).to(rt.device)

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 
 from src.data.atomic import atomic_write_json
-from src.data.dataset import EpochSampler, ImageDataset, make_loader
+from src.data.loader import EpochSampler, ImageDataset, make_loader
 from src.data.demo import draw_image
 from src.data.images import decode_image, index_images, naive_decode
-from src.data.loader import CACHE_INFO
+from src.data.labels import CACHE_INFO
 from src.data.prepare import prepare_cache
 from src.data.transforms import augment_batch
 from src.training.engine import Runtime, make_loss, train_one_epoch

@@ -8,12 +8,12 @@ from conftest import SHARED, needs_shared, run_script
 
 
 def test_check_command_on_demo_data(demo_dir):
-    r = run_script("src/data/loader.py", "--images", demo_dir, "--metadata", demo_dir / "metadata.csv")
+    r = run_script("src/data/check.py", "--images", demo_dir, "--metadata", demo_dir / "metadata.csv")
     assert r.returncode == 0, r.stderr
     assert "format: isic2020" in r.stdout and "leak check:    OK, no patient in both splits" in r.stdout
-    r = run_script("src/data/loader.py", "--images", demo_dir, "--json")  # metadata.csv found inside
+    r = run_script("src/data/check.py", "--images", demo_dir, "--json")  # metadata.csv found inside
     report = json.loads(r.stdout)
-    assert report["rows"] == 80 and report["split"]["patients_in_both"] == 0 and report["unreadable"] == []
+    assert report["rows"] == 80 and report["split"]["groups_in_both"] == 0 and report["unreadable"] == []
 
 
 def test_check_command_on_broken_folder(demo_dir, tmp_path):
@@ -23,17 +23,17 @@ def test_check_command_on_broken_folder(demo_dir, tmp_path):
     names[0].unlink()
     names[1].write_bytes(b"")
     names[2].write_bytes(names[3].read_bytes()[:500])
-    r = run_script("src/data/loader.py", "--images", broken)
+    r = run_script("src/data/check.py", "--images", broken)
     assert r.returncode == 1
     assert f"error: 1 of 80 images listed are missing from {broken}/ ({names[0].stem})" in r.stderr
-    r = run_script("src/data/loader.py", "--images", broken, "--skip-missing")
+    r = run_script("src/data/check.py", "--images", broken, "--skip-missing")
     assert r.returncode == 1 and "error: 2 unreadable image files" in r.stderr
     assert f"{names[1]}: empty file (0 bytes)" in r.stdout
     assert f"{names[2]}: truncated JPEG (no end-of-image marker)" in r.stdout
 
 
 def test_check_command_without_data_explains_how_to_get_it(tmp_path):
-    r = run_script("src/data/loader.py", cwd=tmp_path)
+    r = run_script("src/data/check.py", cwd=tmp_path)
     assert r.returncode == 1 and "No ISIC data found" in r.stderr and "--demo" in r.stderr
     assert "Traceback" not in r.stderr
 
@@ -42,12 +42,12 @@ def test_check_command_without_data_explains_how_to_get_it(tmp_path):
 def test_check_command_on_real_isic2017():
     d = SHARED / "isic2017_csv"
     csvs = ",".join(str(d / f"ISIC-2017_{p}_Part3_GroundTruth.csv") for p in ("Training", "Validation", "Test_v2"))
-    r = run_script("src/data/loader.py", "--metadata", csvs, "--images", SHARED / "images" / "isic2017_256", "--json")
+    r = run_script("src/data/check.py", "--metadata", csvs, "--images", SHARED / "images" / "isic2017_256", "--json")
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
-    assert (report["rows"], report["melanoma"], report["split"]["patients_in_both"]) == (2750, 521, 0)
-    r = run_script("src/data/loader.py", "--metadata", csvs, "--images", SHARED / "images" / "isic2017_256")
-    assert "these labels have no patient ids: one patient's images may still fall on both sides" in r.stdout
+    assert (report["rows"], report["melanoma"], report["split"]["groups_in_both"]) == (2750, 521, 0)
+    r = run_script("src/data/check.py", "--metadata", csvs, "--images", SHARED / "images" / "isic2017_256")
+    assert "these labels have no patient or lesion ids, so one patient may be on both sides" in r.stdout
 
 
 def test_prepare_is_resumable_atomic_and_lists_unreadable(demo_dir, tmp_path):
@@ -78,7 +78,7 @@ def test_demo_dataset_is_deterministic(tmp_path):
 
 
 def test_loader_uses_a_large_enough_cache_and_falls_back_otherwise(demo_dir, tmp_path, capsys):
-    from src.data.loader import load_labeled_images
+    from src.data.labels import load_labeled_images
     from src.data.prepare import prepare_cache
     cache = tmp_path / "cache"
     prepare_cache(str(demo_dir), str(cache), size=96, workers=1, progress=False)
@@ -149,7 +149,7 @@ def test_odd_files_are_skipped_with_a_reason_by_every_command(demo_dir, trained_
     folder = odd_folder(demo_dir, tmp_path)
     r = run_script("src/data/prepare.py", "--images", folder, "--out", tmp_path / "cache", "--size", 48)
     assert r.returncode == 0 and "78 written, 0 already there, 2 unreadable" in r.stdout, r.stderr
-    r = run_script("src/data/loader.py", "--images", folder, "--decode")
+    r = run_script("src/data/check.py", "--images", folder, "--decode")
     assert r.returncode == 1 and "error: 2 unreadable image files" in r.stderr and "Traceback" not in r.stderr
     r = run_script("src/inference/predict.py", "--checkpoint", trained_run[1], folder, "--out", tmp_path / "p.csv",
                    "--workers", 0)

@@ -75,7 +75,7 @@ def test_onnx_export_parity_and_int8_auc_on_demo_validation(demo_run, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "tolerance 0.0001" in r.stdout
     import pandas as pd
-    from src.data.loader import load_labeled_images
+    from src.data.labels import load_labeled_images
     split = pd.read_csv(out_dir / "split.csv", dtype={"image_name": str})
     val = split[split.split == "val"]
     data = load_labeled_images(str(out_dir.parent / "demo" / "metadata.csv"), str(out_dir.parent / "demo"))

@@ -66,4 +66,16 @@ def test_split_file_round_trip(tmp_path):
     back = read_split(tmp_path / "split.csv")
     assert back.image_name.tolist() == split.image_name.tolist() and back.split.tolist() == split.split.tolist()
     assert back.image_name[0] == "ISIC_0000000"  # ids stay text, zeros kept
-    assert split_summary(back)["patients_in_both"] == 0
+    assert split_summary(back)["groups_in_both"] == 0
+
+
+def test_groups_say_what_they_are_and_old_split_files_still_read(tmp_path):
+    table = pd.DataFrame({"image_name": ["a", "b", "c"], "target": [0, 1, 0], "patient_id": ["IP_1", "", ""],
+                          "lesion_id": ["", "IL_2", ""]})
+    split = make_split(table, 0.5, 0, 0)
+    assert split["group"].tolist() == ["IP_1", "lesion:IL_2", "image:c"]
+    assert split["group_kind"].tolist() == ["patient", "lesion", "image"]
+    old = split.rename(columns={"group": "patient_id"}).drop(columns="group_kind")  # a split.csv from before
+    old.to_csv(tmp_path / "split.csv", index=False)
+    back = read_split(tmp_path / "split.csv")
+    assert back["group"].tolist() == split["group"].tolist() and back["group_kind"].tolist() == split["group_kind"].tolist()

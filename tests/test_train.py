@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -42,7 +43,7 @@ def test_tiny_run_writes_checkpoints_history_and_split(demo_dir, tmp_path):
     last = load_checkpoint(out / "last.pth")
     assert {"optimizer", "scheduler", "rng", "history"} <= set(last)
     split = (out / "split.csv").read_text().splitlines()
-    assert split[0] == "image_name,patient_id,target,fold,split" and len(split) == 81
+    assert split[0] == "image_name,group,group_kind,target,fold,split" and len(split) == 81
 
 
 def test_unreadable_image_is_skipped_and_counted(demo_dir, tmp_path):
@@ -109,7 +110,7 @@ def test_nan_after_a_good_epoch_keeps_the_last_good_checkpoint(demo_dir, tmp_pat
     before = outputs()
     r = run_script(*tiny_args(demo_dir, out, 2, "--RESUME=True"))
     assert r.returncode == 1 and "the training loss became nan in epoch 2" in r.stderr
-    assert f"the last good checkpoint is {out / 'last.pth'}" in r.stderr
+    assert f"the last good checkpoint, {out / 'last.pth'}, is intact" in r.stderr
     assert outputs() == before  # nothing overwritten
 
 
@@ -156,7 +157,7 @@ def test_two_process_gloo_run_matches_single_process_evaluation(demo_dir, tmp_pa
     h = history(out)
     # The validation AUC in the history covers the whole validation set (both ranks' shares):
     # recompute it in one process from the saved checkpoint and split.
-    from src.data.dataset import ImageDataset, make_loader
+    from src.data.loader import ImageDataset, make_loader
     from src.training.engine import Runtime, predict
     from src.training.metrics import roc_auc
     import pandas as pd
@@ -184,16 +185,17 @@ def test_bad_settings_stop_before_any_work(demo_dir, tmp_path, capsys, setting, 
 
 
 def test_a_second_run_into_the_same_folder_is_refused_while_the_first_holds_it(demo_dir, tmp_path):
-    from src.training.train import RunExists, lock_run_dir
+    from src.training.run import RunDir, RunExists
     out = tmp_path / "run"
-    lock = lock_run_dir(out)  # as a running train.py holds it
+    config = SimpleNamespace(RESUME=False, OVERWRITE=False)
+    first = RunDir(out, config)  # as a running train.py holds it
     r = run_script(*tiny_args(demo_dir, out, 1, "--OVERWRITE=True"))
     assert r.returncode == 1 and f"another training run (pid {os.getpid()}" in r.stderr
     assert not (out / "split.csv").exists()
     with pytest.raises(RunExists):
-        lock_run_dir(out)
-    lock.close()  # as when that process ends, kill -9 included: the lock file stays, the lock does not
-    lock_run_dir(out).close()
+        RunDir(out, config)
+    del first  # as when that process ends, kill -9 included: the lock file stays, the lock does not
+    RunDir(out, config)
 
 
 def test_evaluation_refuses_a_split_that_is_not_the_checkpoints(trained_run, tmp_path):
@@ -234,3 +236,24 @@ def test_temporaries_of_a_killed_save_are_removed_by_the_next_run(demo_dir, tmp_
     r = run_script(*tiny_args(demo_dir, out, 1))
     assert r.returncode == 0, r.stderr
     assert "Removed 1 temporary file(s)" in r.stdout and not list(out.glob(".*.tmp"))
+
+
+def test_exactly_the_settings_block_is_listed_and_overridable():
+    import re
+
+    from src.training import train
+    from src.training.config import ConfigError, apply_overrides
+    source = (ROOT / "src" / "training" / "train.py").read_text()
+    block = source.split("# " + "-" * 93 + " settings")[1].split("end settings")[0]
+    names = re.findall(r"^([A-Z][A-Z0-9_]*) = ", block, flags=re.M)
+    assert len(names) >= 20 and list(train.DEFAULTS) == names  # the pattern found the block
+    help_text = train.settings_help()
+    for name in names:
+        assert f"--{name}=" in help_text
+        value = train.DEFAULTS[name]
+        text = {bool: "False", int: "3", float: "0.5", str: "x"}[type(value)]
+        assert apply_overrides(train.DEFAULTS, [f"--{name}={text}"])[name] == type(value)(text == "True" if
+                                                                                          type(value) is bool else text)
+    for other in ("DEMO_IMAGES", "DEMO_PRESET", "DEFAULTS", "LOG_EVERY", "_NAMES_BEFORE_SETTINGS"):
+        with pytest.raises(ConfigError, match=f"unknown setting '{other}'"):
+            apply_overrides(train.DEFAULTS, [f"--{other}=1"])

@@ -3,7 +3,7 @@ import numpy as np
 import torch
 
 from conftest import gradient_image, write_jpeg
-from src.data.dataset import EpochSampler, ImageDataset, make_loader
+from src.data.loader import EpochSampler, ImageDataset, make_loader
 from src.data.transforms import augment_batch, load_input, load_input_bytes, preprocess
 
 

@@ -311,3 +311,9 @@ def split_groups(table: pd.DataFrame) -> np.ndarray:
     image = "image:" + text(table["image_name"])
     groups = np.where(patient != "", patient, np.where(lesion != "", "lesion:" + lesion, image))
     return groups.astype(str)
+
+
+def group_kinds(table: pd.DataFrame) -> np.ndarray:
+    """What each row's split group is: "patient", "lesion" or "image" (see split_groups)."""
+    patient, lesion = text(table["patient_id"]), text(table["lesion_id"])
+    return np.where(patient != "", "patient", np.where(lesion != "", "lesion", "image"))

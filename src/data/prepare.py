@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from src.data.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from src.data.images import ImageDecodeError, decode_image, index_images
-from src.data.loader import CACHE_INFO
+from src.data.labels import CACHE_INFO
 
 JPEG_QUALITY = 95  # high: the cache feeds training, and re-encoding artefacts would be learned
 

@@ -15,9 +15,11 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from src.data.atomic import atomic_write_text
-from src.data.metadata import split_groups
+from src.data.metadata import group_kinds, split_groups
 
-SPLIT_COLUMNS = ["image_name", "patient_id", "target", "fold", "split"]
+# `group` is what the split keeps on one side: a patient id where the labels have one, else a
+# lesion ("lesion:..."), else the image itself ("image:..."); `group_kind` says which.
+SPLIT_COLUMNS = ["image_name", "group", "group_kind", "target", "fold", "split"]
 
 
 class SplitError(ValueError):
@@ -59,16 +61,16 @@ def make_split(table: pd.DataFrame, val_fraction: float, fold: int, seed: int,
         raise SplitError(f"FOLD must be in 0..{n - 1}, got {fold}")
     folds = assign_folds(table, n, seed)
     return pd.DataFrame({
-        "image_name": table["image_name"].to_numpy(), "patient_id": split_groups(table),
+        "image_name": table["image_name"].to_numpy(), "group": split_groups(table), "group_kind": group_kinds(table),
         "target": table["target"].to_numpy(), "fold": folds,
         "split": np.where(folds == fold, "val", "train"),
     })
 
 
 def check_no_leak(split: pd.DataFrame) -> int:
-    """Number of patients present in both train and val (must be 0)."""
-    train = set(split.loc[split["split"] == "train", "patient_id"])
-    val = set(split.loc[split["split"] == "val", "patient_id"])
+    """Number of groups (patients, lesions or images) present in both train and val (must be 0)."""
+    train = set(split.loc[split["split"] == "train", "group"])
+    val = set(split.loc[split["split"] == "val", "group"])
     return len(train & val)
 
 
@@ -86,7 +88,12 @@ def read_split(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise SplitError(f"split file not found: {path}")
-    split = pd.read_csv(path, dtype={"image_name": str, "patient_id": str})
+    split = pd.read_csv(path, dtype={"image_name": str, "group": str, "patient_id": str, "group_kind": str},
+                        keep_default_na=False)
+    if "group" not in split.columns and "patient_id" in split.columns:  # written before the rename
+        split = split.rename(columns={"patient_id": "group"})
+        split.insert(2, "group_kind", np.where(split["group"].str.startswith("lesion:"), "lesion",
+                                               np.where(split["group"].str.startswith("image:"), "image", "patient")))
     missing = [c for c in SPLIT_COLUMNS if c not in split.columns]
     if missing:
         raise SplitError(f"{path} is not a split file (missing columns {missing})")
@@ -97,7 +104,18 @@ def split_summary(split: pd.DataFrame) -> dict:
     out = {}
     for name, part in split.groupby("split"):
         out[name] = {"images": int(len(part)), "melanoma": int(part["target"].sum()),
-                     "patients": int(part["patient_id"].nunique()),
+                     "groups": int(part["group"].nunique()),
                      "melanoma_rate": round(float(part["target"].mean()), 5)}
-    out["patients_in_both"] = check_no_leak(split)
+    out["groups_in_both"] = check_no_leak(split)
+    out["group_kinds"] = sorted(set(split["group_kind"]))
     return out
+
+
+def grouping_description(split: pd.DataFrame) -> str:
+    """What the split kept together, said plainly: "patient" only where the labels have patient ids."""
+    kinds = set(split["group_kind"])
+    if kinds == {"patient"}:
+        return "no patient in both"
+    if kinds != {"image"}:
+        return "grouped by patient where known, else lesion, else image (labels lack some patient ids)"
+    return "grouped by image only: these labels have no patient or lesion ids, so one patient may be on both sides"

@@ -11,7 +11,6 @@ threshold) and error. Unreadable files are listed with their error; the rest are
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -23,9 +22,9 @@ import pandas as pd
 from tqdm import tqdm
 
 from src.data.atomic import atomic_write_bytes, atomic_write_text
-from src.data.dataset import ImageDataset, make_loader
+from src.data.loader import ImageDataset, default_workers, make_loader
 from src.data.images import IMAGE_EXTENSIONS, ImageDecodeError, decode_image, index_images
-from src.data.loader import DataError
+from src.data.labels import DataError
 from src.data.metadata import MetadataError, read_metadata
 from src.data.transforms import load_input
 from src.inference.predictor import Predictor
@@ -65,7 +64,7 @@ def predict_table(predictor: Predictor, rows: pd.DataFrame, batch_size: int, wor
     present = rows["path"].notna().to_numpy()
     readable = rows[present].reset_index(drop=True)
     loader = make_loader(ImageDataset(readable["path"], np.zeros(len(readable)), predictor.img_size), batch_size,
-                         workers=workers, pin_memory=predictor.kind == "pytorch" and predictor.rt.device.type == "cuda")
+                         workers=default_workers(workers), pin_memory=predictor.kind == "pytorch" and predictor.rt.device.type == "cuda")
     probs, ok = np.full(len(readable), np.nan), np.zeros(len(readable), bool)
     for images, _, index, good in tqdm(loader, desc="predict", unit="batch"):
         p = predictor.probabilities(predictor.logits(images, tta))
@@ -103,7 +102,7 @@ def parse_args(argv=None):
     ap.add_argument("--tta", action="store_true", help="average the 8 flips/transposes")
     ap.add_argument("--explain", metavar="DIR", help="write Grad-CAM overlays (PNG) to DIR")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
+    ap.add_argument("--workers", type=int, default=-1, help="data loading processes (-1: one per core, at most 16)")
     return ap.parse_args(argv)
 
 

@@ -1,4 +1,4 @@
-"""One training epoch and one evaluation pass, each returning a dict of figures.
+"""One training epoch and one validation pass, each returning a dict of figures.
 
 The data workers only decode and crop; here the uint8 batch goes to the device (pinned, non-blocking),
 is augmented there in one batched call, and the model normalises it. Loss and accuracy are summed
@@ -35,6 +35,15 @@ def amp_dtype_for(amp: bool) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def pick_device(local_rank: int = 0) -> torch.device:
+    """The one device policy, for training and inference alike: CUDA, else Apple's MPS, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank)
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
 @dataclass
 class Runtime:
     """Where and how tensors run; shared by training, evaluation and prediction."""
@@ -46,14 +55,30 @@ class Runtime:
     world_size: int = 1
 
     @classmethod
+    def for_training(cls, amp: bool, channels_last: bool, rank: int = 0, world_size: int = 1,
+                     local_rank: int = 0) -> "Runtime":
+        device = pick_device(local_rank)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        dtype = amp_dtype_for(amp) if device.type == "cuda" else None
+        scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+        return cls(device, dtype, channels_last and device.type == "cuda", scaler, rank, world_size)
+
+    @classmethod
     def for_inference(cls, checkpoint: dict | None = None) -> "Runtime":
-        """CUDA with the autocast dtype the training run validated with (its AMP setting), else CPU
-        fp32. Evaluation and prediction share it, so they compute the same probabilities as each
-        other and as the training history."""
-        if not torch.cuda.is_available():
-            return cls(torch.device("cpu"))
+        """The training policy's device, with the autocast dtype the training run validated with (its
+        AMP setting). Evaluation and prediction share it, so they compute the same probabilities as
+        each other and as the training history."""
+        device = pick_device()
         amp = (checkpoint or {}).get("config", {}).get("AMP", True)
-        return cls(torch.device("cuda"), amp_dtype_for(bool(amp)))
+        return cls(device, amp_dtype_for(bool(amp)) if device.type == "cuda" else None)
+
+    def describe(self) -> str:
+        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else \
+            f"{torch.get_num_threads()} threads"
+        return (f"{self.device.type} ({name}), autocast: {self.amp_dtype or 'off'}, channels_last: "
+                f"{self.channels_last}, processes: {self.world_size}")
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -175,8 +200,9 @@ def predict(model, loader, rt: Runtime, tta: bool = False, desc: str = "val") ->
     return {k: v[order] for k, v in merged.items()}
 
 
-def evaluate(model, loader, rt: Runtime, threshold: float = 0.5, tta: bool = False) -> dict:
+def validate(model, loader, rt: Runtime, threshold: float = 0.5, tta: bool = False) -> dict:
     """Validation loss and epoch metrics over the whole validation set (every rank's share)."""
+    start = time.perf_counter()
     pred = predict(model, loader, rt, tta)
     ok = pred["ok"].astype(bool)
     logits, targets = pred["logits"][ok], pred["targets"][ok]
@@ -185,4 +211,4 @@ def evaluate(model, loader, rt: Runtime, threshold: float = 0.5, tta: bool = Fal
     probs = sigmoid(logits)
     skipped = pred["index"][~ok].tolist()
     return {"loss": loss, **epoch_metrics(targets, probs, threshold), "skipped": skipped,
-            "probs": probs, "targets": targets, "index": pred["index"][ok]}
+            "probs": probs, "targets": targets, "index": pred["index"][ok], "seconds": time.perf_counter() - start}

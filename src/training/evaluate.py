@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -27,9 +26,9 @@ import numpy as np
 import pandas as pd
 
 from src.data.atomic import atomic_write_json, atomic_write_text
-from src.data.dataset import ImageDataset, make_loader
-from src.data.loader import DataError, load_labeled_images
-from src.data.metadata import split_groups, text
+from src.data.loader import ImageDataset, default_workers, make_loader
+from src.data.labels import DataError, load_labeled_images
+from src.data.metadata import group_kinds, split_groups, text
 from src.data.splits import SplitError, read_split, split_digest
 from src.training import metrics as M
 from src.training import report as R
@@ -75,9 +74,8 @@ def external_set(metadata: str, images: str | None, img_size: int) -> tuple[pd.D
 def run_predictions(model, ckpt: dict, table: pd.DataFrame, args) -> dict:
     rt, img_size = Runtime.for_inference(ckpt), ckpt["img_size"]
     model = model.to(rt.device)
-    workers = args.workers if args.workers >= 0 else min(8, os.cpu_count() or 1)
     loader = make_loader(ImageDataset(table["path"], table["target"], img_size), args.batch_size,
-                         workers=workers, pin_memory=rt.device.type == "cuda")
+                         workers=default_workers(args.workers), pin_memory=rt.device.type == "cuda")
     return predict(model, loader, rt, tta=args.tta, desc="evaluate")
 
 
@@ -193,6 +191,7 @@ def build_report(args, ckpt, ckpt_path, table, description, pred, out: Path) -> 
     y = table["target"].to_numpy().astype(int)
     check_set(table, y)
     groups = split_groups(table)
+    unit = "patients" if set(group_kinds(table)) == {"patient"} else "patients, else lesions, else images"
     cal = calibrate(ckpt, logits, y, own, args.min_sensitivity)
     p_raw, p = M.sigmoid(logits), M.calibrated(logits, cal["temperature"], cal["bias"])
     metrics = threshold_free_metrics(y, p)
@@ -209,8 +208,8 @@ def build_report(args, ckpt, ckpt_path, table, description, pred, out: Path) -> 
         out / "predictions.csv", index=False)
     return {"checkpoint": str(ckpt_path), "epoch": ckpt.get("epoch"), "tta": args.tta, "notes": notes,
             "set": {"name": "validation split" if own else Path(args.metadata).name, "description": description,
-                    "images": len(y), "melanoma": int(y.sum()), "patients": int(len(set(groups)))},
-            "bootstrap": {"resamples": args.bootstrap, "seed": args.seed, "unit": "patient"},
+                    "images": len(y), "melanoma": int(y.sum()), "groups": int(len(set(groups))), "group_unit": unit},
+            "bootstrap": {"resamples": args.bootstrap, "seed": args.seed, "unit": unit},
             "metrics": metrics, "ci95": ci, "threshold_rule": cal["rule"], "operating_point": op,
             "ci95_operating": ci_op, "all_benign_accuracy": float(1 - y.mean()),
             "calibration": {k: cal[k] for k in ("temperature", "bias", "fitted_on")},
@@ -226,7 +225,7 @@ def parse_args(argv=None):
     ap.add_argument("--out", help="output folder (default: eval/ beside the checkpoint)")
     ap.add_argument("--tta", action="store_true", help="average the 8 flips/transposes")
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--workers", type=int, default=-1)
+    ap.add_argument("--workers", type=int, default=-1, help="data loading processes (-1: one per core, at most 16)")
     ap.add_argument("--bootstrap", type=int, default=1000, help="patient resamples for the 95%% intervals")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--min-sensitivity", type=float, default=0.90, help="threshold rule: sensitivity at least this")

@@ -122,12 +122,12 @@ def _header(report: dict) -> list[str]:
     s = report["set"]
     lines = [f"# Evaluation report: {s['name']}", "",
              f"Checkpoint `{report['checkpoint']}` (epoch {report['epoch']}), evaluated on {s['description']}: "
-             f"{s['images']:,} images, {s['melanoma']:,} melanoma, {s['patients']:,} patients"
+             f"{s['images']:,} images, {s['melanoma']:,} melanoma, {s['groups']:,} {s['group_unit']}"
              f"{', 8-way TTA' if report['tta'] else ''}.", ""]
     for note in report["notes"]:
         lines += [f"> {note}", ""]
     b = report["bootstrap"]
-    return lines + [f"95% intervals: percentile bootstrap over patients ({b['resamples']} resamples, seed {b['seed']}).", ""]
+    return lines + [f"95% intervals: percentile bootstrap over {b['unit']} ({b['resamples']} resamples, seed {b['seed']}).", ""]
 
 
 def _operating(report: dict) -> list[str]:

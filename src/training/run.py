@@ -1,0 +1,146 @@
+"""One training run's folder (CHECKPOINT_DIR), in the spirit of timm's CheckpointSaver.
+
+`RunDir` owns everything train.py writes and reads back: the resume/overwrite policy, a lock so
+that two runs never write one folder, the split (reused when resuming), the best and last
+checkpoints, training_history.json and training_curves.png. Every file is written to a temporary
+name and renamed into place, so a crash or a full disk leaves the previous version intact.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import random
+import socket
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from src.data.atomic import atomic_write_json, remove_stale_temporaries
+from src.data.splits import SplitError, read_split, split_digest, write_split
+from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from src.training.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint, versions
+from src.training.report import plot_training_curves
+
+SPLIT_FILE = "split.csv"
+
+
+class RunExists(Exception):
+    pass
+
+
+class RunDir:
+    def __init__(self, path: str | Path, config, rank: int = 0):
+        """Check the folder's policy, then (rank 0) lock it for this process's lifetime."""
+        self.path, self.c, self.rank = Path(path), config, rank
+        self._check_policy()  # before the lock, so that a refused run leaves the folder untouched
+        self._lock = self._take_lock() if rank == 0 else None
+        self._check_policy()  # again: another run may have finished in between
+
+    def _check_policy(self) -> None:
+        """Never silently replace an earlier run: resume it, overwrite on purpose, or pick another folder."""
+        last = self.path / "last.pth"
+        if self.c.RESUME and not last.is_file():
+            raise RunExists(f"--RESUME=True but there is no {last} to continue from")
+        if not self.c.RESUME and not self.c.OVERWRITE and last.is_file():
+            raise RunExists(
+                f"{self.path}/ already holds a run (last.pth). Continue it with --RESUME=True, "
+                f"write elsewhere with --CHECKPOINT_DIR=..., or replace it with --OVERWRITE=True"
+            )
+
+    def _take_lock(self):
+        """flock is released by the kernel when the process dies, so a killed run never leaves a
+        stale lock; two runs writing one folder once mixed a model with another run's split."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path / "run.lock", "a+")  # noqa: SIM115 - held open for the whole run
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            handle.close()
+            raise RunExists(
+                f"another training run ({owner}) is writing to {self.path}/; wait for it to finish "
+                f"or use another --CHECKPOINT_DIR"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        removed = remove_stale_temporaries(self.path)
+        if removed:
+            print(f"Removed {removed} temporary file(s) left in {self.path}/ by an interrupted save", flush=True)
+        return handle
+
+    def split(self, table: pd.DataFrame, make_split) -> pd.DataFrame:
+        """The saved split when resuming (so validation stays the same images), `make_split()` otherwise."""
+        path = self.path / SPLIT_FILE
+        if self.c.RESUME and path.is_file():
+            split = read_split(path)
+            if set(split["image_name"]) != set(table["image_name"]):
+                raise SplitError(f"{path} lists other images than the data now has; resume with the same data, "
+                                 f"or start a new run")
+            return split.set_index("image_name").loc[table["image_name"]].reset_index()
+        split = make_split()
+        if self.rank == 0:
+            write_split(split, path)
+        return split
+
+    def restore(self, model, optimizer, scheduler, scaler, device) -> tuple[int, list, dict]:
+        """Model, optimizer, scheduler, scaler and RNG state from last.pth: (epochs done, history, best)."""
+        ckpt = load_checkpoint(self.path / "last.pth", map_location=device)
+        if ckpt.get("optimizer") is None:
+            raise CheckpointError(f"{self.path / 'last.pth'} has no optimizer state; cannot resume from it")
+        model.load_state_dict(ckpt["model_state"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        torch.set_rng_state(ckpt["rng"]["torch"].cpu())
+        random.setstate(ckpt["rng"]["python"])
+        if torch.cuda.is_available() and "cuda" in ckpt["rng"]:
+            torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["rng"]["cuda"]])
+        if self.rank == 0:
+            print(f"Resuming after epoch {ckpt['epoch']} of {self.c.NUM_EPOCHS} from {self.path / 'last.pth'}")
+        return ckpt["epoch"], list(ckpt["history"]), dict(ckpt["best"])
+
+    def save_epoch(self, model, optimizer, scheduler, scaler, epoch: int, history: list, best: dict) -> None:
+        """Best checkpoint (if this epoch is best), then last.pth, then the history and its plot."""
+        record = history[-1]
+        if best.get("epoch") == epoch + 1:
+            path = self.path / f"best_model_epoch{epoch + 1}.pth"
+            save_checkpoint(self.inference_payload(model, epoch, record), path)
+            for old in self.path.glob("best_model_epoch*.pth"):
+                if old != path:
+                    old.unlink()  # only after the new best is safely written
+            print(f"  * new best validation AUC -> {path}", flush=True)
+        last = self.inference_payload(model, epoch, record)
+        last.update({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "scaler": scaler.state_dict() if scaler else None, "rng": rng_state(),
+                     "history": history, "best": best})
+        save_checkpoint(last, self.path / "last.pth")
+        self.write_history(history, best)
+        plot_training_curves({"epochs": history}, self.path / "training_curves.png")
+
+    def inference_payload(self, model, epoch: int, record: dict) -> dict:
+        """Everything prediction needs, in plain types so that weights_only=True loading works."""
+        return {"format": FORMAT, "arch": self.c.ARCH, "img_size": self.c.IMG_SIZE, "mean": list(IMAGENET_MEAN),
+                "std": list(IMAGENET_STD), "threshold": 0.5, "temperature": 1.0,
+                "model_state": model.state_dict(), "config": dict(vars(self.c)), "epoch": epoch + 1,
+                "metrics": record, "versions": versions(), "split_file": SPLIT_FILE,
+                "split_sha256": split_digest(self.path / SPLIT_FILE)}
+
+    def write_history(self, history: list, best: dict) -> None:
+        atomic_write_json(self.path / "training_history.json", {
+            "config": dict(vars(self.c)), "versions": versions(), "epochs": history,
+            "best_epoch": best.get("epoch"), "best_val_auc": best.get("val_auc"),
+            "best_checkpoint": f"best_model_epoch{best['epoch']}.pth" if best.get("epoch") else None,
+            "skipped_files": sum(r["skipped_files"] for r in history), "split_file": SPLIT_FILE})
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state

@@ -59,8 +59,12 @@ def test_temperature_and_bias_recover_a_shift():
 def test_report_on_the_runs_validation_split(trained_run, tmp_path):
     out_dir, best = trained_run
     history = json.loads((out_dir / "training_history.json").read_text())
+    from src.inference.predictor import Predictor
+    version = Predictor(best).version
     r = run_script("src/training/evaluate.py", "--checkpoint", best, "--bootstrap", 200, "--workers", 0)
     assert r.returncode == 0, r.stderr
+    after = Predictor(best)  # calibration added to the checkpoint; the weights, and so the version, unchanged
+    assert after.version == version and after.calibrated_at is not None
     report = json.loads((out_dir / "eval" / "report.json").read_text())
     assert report["metrics"]["roc_auc"] == pytest.approx(history["best_val_auc"], abs=1e-9)
     low, high = report["ci95"]["roc_auc"]

@@ -43,7 +43,7 @@ class ExportError(Exception):
 
 
 SETTING_KEYS = ("arch", "img_size", "mean", "std", "threshold", "temperature", "logit_bias", "threshold_rule",
-                "calibrated_on", "epoch", "metrics")
+                "calibrated_on", "calibrated_at", "epoch", "metrics")
 
 
 def settings_of(ckpt: dict, source: str) -> dict:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from src.data.transforms import dihedral_views, load_input_bytes
-from src.training.checkpoint import CheckpointError, check_settings, load_model
+from src.training.checkpoint import CheckpointError, check_settings, load_model, weights_digest
 from src.training.engine import Runtime
 from src.training.metrics import calibrated
 
@@ -39,12 +39,13 @@ class Predictor:
             torch.set_num_threads(threads)
         if self.path.suffix.lower() == ".onnx":
             self._load_onnx(threads)
+            self.version = file_version(self.path)  # an export is written once, calibration included
         else:
             self._load_torch()
-        self.version = file_version(self.path)
 
     def _load_torch(self) -> None:
         self.model, ckpt = load_model(self.path)
+        self.version = f"{self.path.name}@{weights_digest(ckpt['model_state'])[:12]}"  # the weights only
         self.rt = Runtime.for_inference(ckpt)
         self.model.to(self.rt.device)
         self.kind, self.session = "pytorch", None
@@ -86,14 +87,15 @@ class Predictor:
         self.arch, self.img_size = s["arch"], s["img_size"]
         self.threshold = float(s.get("threshold", 0.5))
         self.temperature, self.bias = float(s.get("temperature", 1.0)), float(s.get("logit_bias", 0.0))
-        self.calibrated_on = s.get("calibrated_on")
+        self.calibrated_on, self.calibrated_at = s.get("calibrated_on"), s.get("calibrated_at")
         self.metrics = s.get("metrics") or {}
         self.epoch = s.get("epoch")
 
     def info(self) -> dict:
         return {"model_file": self.path.name, "version": self.version, "kind": self.kind, "architecture": self.arch,
                 "image_size": self.img_size, "threshold": self.threshold, "temperature": self.temperature,
-                "logit_bias": self.bias, "calibrated_on": self.calibrated_on, "epoch": self.epoch,
+                "logit_bias": self.bias, "calibrated_on": self.calibrated_on, "calibrated_at": self.calibrated_at,
+                "epoch": self.epoch,
                 "training_metrics": {k: v for k, v in self.metrics.items() if k.startswith("val_")}}
 
     @torch.no_grad()

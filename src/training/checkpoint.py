@@ -6,6 +6,7 @@ Writes go to a temporary file and are renamed into place, so a crash leaves the 
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import pickle
 import platform
@@ -29,6 +30,16 @@ class CheckpointError(Exception):
 def versions() -> dict:
     return {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
             "python": platform.python_version()}
+
+
+def weights_digest(state: dict) -> str:
+    """SHA-256 of the weights alone (names and raw bytes), so a model's version stays the same when
+    evaluation adds calibration or a threshold to its checkpoint."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(name.encode())
+        digest.update(state[name].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def save_checkpoint(obj: dict, path: str | Path) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from datetime import datetime, timezone
 import sys
 from pathlib import Path
 
@@ -39,6 +40,10 @@ AGE_BANDS = [(0, 30, "<30"), (30, 45, "30-44"), (45, 60, "45-59"), (60, 75, "60-
 MIN_CASES_FOR_AUC = 5  # per class: fewer melanomas (or benign) than this make an AUC meaningless
 
 
+# The training settings that say where the run's data came from; read from the checkpoint, never retyped.
+DATA_SETTINGS = ("METADATA_CSV", "DATA_DIR", "CACHE_DIR", "DUPLICATES_CSV", "MALIGNANT_NON_MELANOMA")
+
+
 class EvaluationError(Exception):
     pass
 
@@ -53,9 +58,12 @@ def own_validation_set(ckpt: dict, ckpt_path: Path) -> tuple[pd.DataFrame, str]:
                               f"from the one in {ckpt_path.name}; was another run written to this folder?). "
                               f"Its 'validation' images may be training images of this model: refusing to "
                               f"evaluate on them. Pass an independent set with --metadata/--images.")
-    data = load_labeled_images(c.get("METADATA_CSV", "data/metadata.csv"), c.get("DATA_DIR", "data/isic"),
-                               ckpt["img_size"], c.get("CACHE_DIR") or None, c.get("DUPLICATES_CSV") or None,
-                               c.get("MALIGNANT_NON_MELANOMA", "negative"), skip_missing=True)
+    missing = [k for k in DATA_SETTINGS if k not in c]
+    if missing:
+        raise EvaluationError(f"{ckpt_path} does not record the training setting(s) {missing}, so its validation "
+                              f"set cannot be rebuilt; evaluate a labelled set with --metadata/--images instead")
+    data = load_labeled_images(c["METADATA_CSV"], c["DATA_DIR"], ckpt["img_size"], c["CACHE_DIR"] or None,
+                               c["DUPLICATES_CSV"] or None, c["MALIGNANT_NON_MELANOMA"], skip_missing=True)
     val_names = split.loc[split["split"] == "val", "image_name"]
     table = data.table.set_index("image_name")
     absent = [n for n in val_names if n not in table.index]
@@ -86,21 +94,13 @@ def operating_metrics(y, p, threshold, groups, n, seed) -> tuple[dict, dict]:
     return op, M.bootstrap(y, p, groups, fns, n, seed)
 
 
-def threshold_free_metrics(y, p) -> dict:
-    out = {"roc_auc": M.roc_auc(y, p), "pauc_tpr80": M.partial_auc(y, p), "average_precision": M.average_precision(y, p)}
-    for k in (80, 90, 95):
-        out[f"sens_at_spec_{k}"] = M.sensitivity_at_specificity(y, p, k / 100)
-        out[f"spec_at_sens_{k}"] = M.specificity_at_sensitivity(y, p, k / 100)
-    out["brier"], out["ece"] = M.brier_score(y, p), M.expected_calibration_error(y, p)
-    return out
-
-
 def metric_fns() -> dict:
-    fns = {"roc_auc": M.roc_auc, "pauc_tpr80": M.partial_auc, "average_precision": M.average_precision,
-           "brier": M.brier_score, "ece": M.expected_calibration_error}
+    """The threshold-free metrics of every report, each f(y, p) -> float: the one list."""
+    fns = {"roc_auc": M.roc_auc, "pauc_tpr80": M.partial_auc, "average_precision": M.average_precision}
     for k in (80, 90, 95):
         fns[f"sens_at_spec_{k}"] = lambda y, p, k=k: M.sensitivity_at_specificity(y, p, k / 100)
         fns[f"spec_at_sens_{k}"] = lambda y, p, k=k: M.specificity_at_sensitivity(y, p, k / 100)
+    fns.update({"brier": M.brier_score, "ece": M.expected_calibration_error})
     return fns
 
 
@@ -144,14 +144,19 @@ def calibrate(ckpt: dict, logits, y, own_split: bool, min_sensitivity: float) ->
 
 
 def save_calibration(ckpt: dict, path: Path, cal: dict) -> None:
+    """Write the fitted calibration into the checkpoint: threshold, temperature, logit_bias,
+    threshold_rule, calibrated_on and calibrated_at. The weights are untouched, so the model_version
+    that prediction and serving report (a hash of the weights) stays the same."""
     ckpt.update({"threshold": cal["threshold"], "temperature": cal["temperature"], "logit_bias": cal["bias"],
-                 "threshold_rule": cal["rule"], "calibrated_on": "the run's validation split"})
+                 "threshold_rule": cal["rule"], "calibrated_on": "the run's validation split",
+                 "calibrated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     save_checkpoint(ckpt, path)
 
 
-def make_plots(out: Path, y, p_raw, p_cal, groups, cal, op, ci, ckpt_path: Path, args) -> dict:
+def make_plots(out: Path, y, p_raw, p_cal, groups, cal, report: dict, ckpt_path: Path, args) -> dict:
     band = M.roc_band(y, p_cal, groups, min(args.bootstrap, 500), args.seed)
-    plots = {"ROC curve": R.plot_roc(y, p_cal, band, op, ci["roc_auc"], out / "roc.png"),
+    op, auc_ci = report["operating_point"], report["ci95"]["roc_auc"]
+    plots = {"ROC curve": R.plot_roc(y, p_cal, band, op, auc_ci, out / "roc.png"),
              "Precision-recall": R.plot_pr(y, p_cal, out / "precision_recall.png"),
              "Reliability diagram": R.plot_reliability(y, p_raw, p_cal, out / "reliability.png"),
              "Score histograms": R.plot_histograms(y, p_cal, cal["threshold"], out / "score_histograms.png")}
@@ -184,37 +189,40 @@ def check_set(table: pd.DataFrame, y) -> None:
                               f"specificity need both melanoma and benign cases")
 
 
-def build_report(args, ckpt, ckpt_path, table, description, pred, out: Path) -> dict:
-    own = args.metadata is None
+def readable_rows(table: pd.DataFrame, pred: dict) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, int]:
+    """(rows that decoded, their logits, their labels, how many did not decode)."""
     ok = pred["ok"].astype(bool)
-    table, logits = table.iloc[pred["index"][ok]].reset_index(drop=True), pred["logits"][ok]
-    y = table["target"].to_numpy().astype(int)
-    check_set(table, y)
+    rows = table.iloc[pred["index"][ok]].reset_index(drop=True)
+    y = rows["target"].to_numpy().astype(int)
+    check_set(rows, y)
+    return rows, pred["logits"][ok], y, int((~ok).sum())
+
+
+def build_report(args, ckpt: dict, table: pd.DataFrame, description: str, logits, y, cal: dict,
+                 unreadable: int) -> dict:
+    """Every figure of the report, from labels, logits and the calibration; writes nothing."""
+    own = args.metadata is None
     groups = split_groups(table)
     unit = "patients" if set(group_kinds(table)) == {"patient"} else "patients, else lesions, else images"
-    cal = calibrate(ckpt, logits, y, own, args.min_sensitivity)
     p_raw, p = M.sigmoid(logits), M.calibrated(logits, cal["temperature"], cal["bias"])
-    metrics = threshold_free_metrics(y, p)
+    metrics = {name: fn(y, p) for name, fn in metric_fns().items()}
     metrics["brier_raw"], metrics["ece_raw"] = M.brier_score(y, p_raw), M.expected_calibration_error(y, p_raw)
-    ci = M.bootstrap(y, p, groups, metric_fns(), args.bootstrap, args.seed)
     op, ci_op = operating_metrics(y, p, cal["threshold"], groups, args.bootstrap, args.seed)
-    notes = [f"{int((~ok).sum())} unreadable images were left out."] if (~ok).any() else []
+    notes = [f"{unreadable} unreadable images were left out."] if unreadable else []
     if own:
         notes.append("Threshold and calibration were fitted on this same validation split, so the figures at the "
-                      "operating point are optimistic; confirm them on an external set (--metadata/--images).")
+                     "operating point are optimistic; confirm them on an external set (--metadata/--images).")
     if ckpt.get("config", {}).get("DATA_DIR", "").rstrip("/").endswith("demo") and own:
         notes.append("SYNTHETIC demo data: these figures say nothing about real skin lesions.")
-    pd.DataFrame({"image_name": table["image_name"], "target": y, "logit": logits, "probability": p}).to_csv(
-        out / "predictions.csv", index=False)
-    return {"checkpoint": str(ckpt_path), "epoch": ckpt.get("epoch"), "tta": args.tta, "notes": notes,
+    return {"checkpoint": args.checkpoint, "epoch": ckpt.get("epoch"), "tta": args.tta, "notes": notes,
             "set": {"name": "validation split" if own else Path(args.metadata).name, "description": description,
                     "images": len(y), "melanoma": int(y.sum()), "groups": int(len(set(groups))), "group_unit": unit},
             "bootstrap": {"resamples": args.bootstrap, "seed": args.seed, "unit": unit},
-            "metrics": metrics, "ci95": ci, "threshold_rule": cal["rule"], "operating_point": op,
-            "ci95_operating": ci_op, "all_benign_accuracy": float(1 - y.mean()),
+            "metrics": metrics, "ci95": M.bootstrap(y, p, groups, metric_fns(), args.bootstrap, args.seed),
+            "threshold_rule": cal["rule"], "operating_point": op, "ci95_operating": ci_op,
+            "all_benign_accuracy": float(1 - y.mean()),
             "calibration": {k: cal[k] for k in ("temperature", "bias", "fitted_on")},
-            "subgroups": subgroups(table, y, p, groups, args.bootstrap, args.seed),
-            "plots": make_plots(out, y, p_raw, p, groups, cal, op, ci, ckpt_path, args), "_cal": cal}
+            "subgroups": subgroups(table, y, p, groups, args.bootstrap, args.seed)}
 
 
 def parse_args(argv=None):
@@ -233,6 +241,7 @@ def parse_args(argv=None):
 
 
 def evaluate_checkpoint(args) -> dict:
+    """Predict, fit (own split) or reuse the calibration, save it into the checkpoint, write the report."""
     ckpt_path = Path(args.checkpoint)
     ckpt = load_checkpoint(ckpt_path)
     model = model_from_checkpoint(ckpt)
@@ -240,11 +249,15 @@ def evaluate_checkpoint(args) -> dict:
                           else own_validation_set(ckpt, ckpt_path))
     out = Path(args.out) if args.out else ckpt_path.parent / "eval" / (Path(args.metadata).stem if args.metadata else "")
     out.mkdir(parents=True, exist_ok=True)
-    pred = run_predictions(model, ckpt, table, args)
-    report = build_report(args, ckpt, ckpt_path, table, description, pred, out)
-    cal = report.pop("_cal")
+    table, logits, y, unreadable = readable_rows(table, run_predictions(model, ckpt, table, args))
+    cal = calibrate(ckpt, logits, y, args.metadata is None, args.min_sensitivity)
     if args.metadata is None:
-        save_calibration(ckpt, ckpt_path, cal)
+        save_calibration(ckpt, ckpt_path, cal)  # what prediction, serving and export read
+    report = build_report(args, ckpt, table, description, logits, y, cal, unreadable)
+    p = M.calibrated(logits, cal["temperature"], cal["bias"])
+    report["plots"] = make_plots(out, y, M.sigmoid(logits), p, split_groups(table), cal, report, ckpt_path, args)
+    pd.DataFrame({"image_name": table["image_name"], "target": y, "logit": logits, "probability": p}).to_csv(
+        out / "predictions.csv", index=False)
     report = clean(report)
     atomic_write_json(out / "report.json", report)
     atomic_write_text(out / "report.md", R.markdown(report))

@@ -118,15 +118,20 @@ def brier_score(y, p) -> float:
     return float(np.mean((p - y) ** 2))
 
 
-def expected_calibration_error(y, p, bins: int = 10) -> float:
-    """Mean |observed rate - mean probability| over equal-width bins, weighted by bin size."""
+def reliability_bins(y, p, bins: int = 10):
+    """(mean probability, observed rate, count) per equal-width bin: the reliability diagram, and ECE."""
     y, p = _as_arrays(y, p)
     which = np.minimum((p * bins).astype(np.int64), bins - 1)
     count = np.bincount(which, minlength=bins)
-    conf = np.bincount(which, weights=p, minlength=bins)
-    hits = np.bincount(which, weights=y, minlength=bins)
-    used = count > 0
-    return float(np.sum(np.abs(hits[used] - conf[used])) / len(y))
+    conf = np.bincount(which, weights=p, minlength=bins) / np.maximum(count, 1)
+    rate = np.bincount(which, weights=y, minlength=bins) / np.maximum(count, 1)
+    return conf, rate, count
+
+
+def expected_calibration_error(y, p, bins: int = 10) -> float:
+    """Mean |observed rate - mean probability| over the reliability bins, weighted by bin size."""
+    conf, rate, count = reliability_bins(y, p, bins)
+    return float(np.sum(count * np.abs(rate - conf)) / max(count.sum(), 1))
 
 
 def epoch_metrics(y, p, threshold: float = 0.5) -> dict:
@@ -213,13 +218,3 @@ def fit_temperature(logits, y, iterations: int = 200) -> tuple[float, float]:
 
 def calibrated(logits, temperature: float = 1.0, bias: float = 0.0):
     return sigmoid(np.asarray(logits, dtype=np.float64) / temperature + bias)
-
-
-def reliability_bins(y, p, bins: int = 10):
-    """(mean probability, observed rate, count) per equal-width bin, for the reliability diagram."""
-    y, p = _as_arrays(y, p)
-    which = np.minimum((p * bins).astype(np.int64), bins - 1)
-    count = np.bincount(which, minlength=bins)
-    conf = np.bincount(which, weights=p, minlength=bins) / np.maximum(count, 1)
-    rate = np.bincount(which, weights=y, minlength=bins) / np.maximum(count, 1)
-    return conf, rate, count

@@ -7,6 +7,7 @@ of each on the checkpoint's validation split at its own image size, so the accur
 quantization is a figure. ResNet weights work at any input size, so a 64 px demo checkpoint can be
 timed at 224 px. One JSON line per measurement, then a Markdown table. About 3 minutes on 2 cores.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,16 +18,17 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from the repository root
 
 from src.inference.export import export_onnx, quantize_int8, real_inputs, settings_of
 from src.inference.predictor import Predictor
 from src.training.checkpoint import load_checkpoint, model_from_checkpoint
 from src.training.metrics import roc_auc
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def runners(ckpt: dict, size: int, calibration: torch.Tensor, folder: Path) -> dict:
@@ -41,6 +43,7 @@ def runners(ckpt: dict, size: int, calibration: torch.Tensor, folder: Path) -> d
     @torch.no_grad()
     def pytorch(x):
         return model(x).numpy()
+
     return {"pytorch fp32": pytorch, "onnx fp32": onnx_fp32.logits, "onnx int8": onnx_int8.logits}
 
 
@@ -58,7 +61,12 @@ def latency(fn, x: torch.Tensor, runs: int) -> list[float]:
 def resized(x: torch.Tensor, size: int) -> torch.Tensor:
     if x.shape[-1] == size:
         return x
-    return torch.nn.functional.interpolate(x.float(), size=(size, size), mode="bilinear").round().clamp(0, 255).byte()
+    return (
+        torch.nn.functional.interpolate(x.float(), size=(size, size), mode="bilinear")
+        .round()
+        .clamp(0, 255)
+        .byte()
+    )
 
 
 def main(argv=None) -> int:
@@ -76,23 +84,42 @@ def main(argv=None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         timing = runners(ckpt, args.size, resized(x_val[:128], args.size), Path(tmp))
-        scoring = timing if ckpt["img_size"] == args.size else runners(ckpt, ckpt["img_size"], x_val[:256], Path(tmp))
-        one, batch = resized(x_val[:1], args.size), resized(x_val[:args.batch], args.size)
+        scoring = (
+            timing
+            if ckpt["img_size"] == args.size
+            else runners(ckpt, ckpt["img_size"], x_val[:256], Path(tmp))
+        )
+        one, batch = resized(x_val[:1], args.size), resized(x_val[: args.batch], args.size)
         for name, fn in timing.items():
             t1 = np.array(latency(fn, one, args.runs)) * 1e3
             tb = np.array(latency(fn, batch, max(5, args.runs // 10)))
             auc = roc_auc(labels, scoring[name](x_val))
-            rows.append({"variant": name, "size": args.size, "threads": args.threads, "batch1_median_ms": round(float(np.median(t1)), 2),
-                         "batch1_p95_ms": round(float(np.percentile(t1, 95)), 2),
-                         f"batch{args.batch}_images_per_s": round(args.batch / float(np.median(tb)), 1),
-                         "auc": round(float(auc), 4), "auc_images": len(labels), "auc_size": ckpt["img_size"]})
+            rows.append(
+                {
+                    "variant": name,
+                    "size": args.size,
+                    "threads": args.threads,
+                    "batch1_median_ms": round(float(np.median(t1)), 2),
+                    "batch1_p95_ms": round(float(np.percentile(t1, 95)), 2),
+                    f"batch{args.batch}_images_per_s": round(args.batch / float(np.median(tb)), 1),
+                    "auc": round(float(auc), 4),
+                    "auc_images": len(labels),
+                    "auc_size": ckpt["img_size"],
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     base = rows[0]["batch1_median_ms"]
-    print(f"\n| variant | batch-1 median (ms) | batch-1 p95 (ms) | batch {args.batch} (images/s) | speed-up at batch 1 | AUC |")
+    print(
+        f"\n| variant | batch-1 median (ms) | batch-1 p95 (ms) | batch {args.batch} (images/s) "
+        "| speed-up at batch 1 | AUC |"
+    )
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['variant']} | {r['batch1_median_ms']} | {r['batch1_p95_ms']} | {r[f'batch{args.batch}_images_per_s']} "
-              f"| {base / r['batch1_median_ms']:.2f}x | {r['auc']:.4f} |")
+        print(
+            f"| {r['variant']} | {r['batch1_median_ms']} | {r['batch1_p95_ms']} "
+            f"| {r[f'batch{args.batch}_images_per_s']} "
+            f"| {base / r['batch1_median_ms']:.2f}x | {r['auc']:.4f} |"
+        )
     return 0
 
 

@@ -10,6 +10,7 @@ Prints one JSON object per line. Uses the project's real code (src/data, src/tra
 its own inputs: 6000x4000 JPEGs like the ISIC 2020 originals, and a synthetic cache for the training
 path, so it runs without the ISIC data; the shared real originals are used when present.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,22 +21,23 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
 import cv2
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from the repository root
+
 from src.data.atomic import atomic_write_json
-from src.data.loader import EpochSampler, ImageDataset, make_loader
 from src.data.demo import draw_image
 from src.data.images import decode_image, index_images, naive_decode
 from src.data.labels import CACHE_INFO
+from src.data.loader import EpochSampler, ImageDataset, make_loader
 from src.data.prepare import prepare_cache
 from src.data.transforms import augment_batch
 from src.training.engine import Runtime, make_loss, train_one_epoch
 from src.training.model import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SHARED_FULLRES = ROOT.parent / "shared" / "isic-real" / "images" / "isic_archive_fullres"
 
@@ -81,9 +83,18 @@ def bench_decode(name: str, paths: list[Path], short_side: int, repeat: int) -> 
         naive = time_per_image(naive_decode, paths, short_side, repeat)
     finally:
         cv2.setNumThreads(threads)
-    emit({"bench": "decode", "set": name, "images": len(paths), "short_side": short_side,
-          "reduced_ms": round(reduced * 1e3, 2), "naive_ms": round(naive * 1e3, 2),
-          "ratio": round(naive / reduced, 2), "reduced_images_per_s_per_core": round(1 / reduced, 1)})
+    emit(
+        {
+            "bench": "decode",
+            "set": name,
+            "images": len(paths),
+            "short_side": short_side,
+            "reduced_ms": round(reduced * 1e3, 2),
+            "naive_ms": round(naive * 1e3, 2),
+            "ratio": round(naive / reduced, 2),
+            "reduced_images_per_s_per_core": round(1 / reduced, 1),
+        }
+    )
 
 
 def bench_prepare(name: str, folder: Path, size: int, workers: int) -> None:
@@ -116,6 +127,7 @@ def _write_cache_image(task) -> None:
 def make_cache(folder: Path, count: int, size: int) -> tuple[list[str], np.ndarray]:
     """A synthetic prepared cache: `count` JPEGs with short side `size`, as prepare.py writes them."""
     from multiprocessing import Pool
+
     paths = [folder / f"ISIC_{7000000 + i:07d}.jpg" for i in range(count)]
     with Pool(os.cpu_count()) as pool:
         pool.map(_write_cache_image, [(p, i, size) for i, p in enumerate(paths)], chunksize=64)
@@ -153,18 +165,28 @@ def timed_epochs(fn, warmup_steps: int, steps: int) -> dict:
 def bench_model(args, rt: Runtime) -> dict:
     """Training steps (GPU augmentation, forward, backward, AdamW) on uint8 batches already on the device."""
     net, optimizer, scheduler, loss_fn = training_parts(args, rt)
-    batch = (torch.randint(0, 256, (args.batch, 3, args.img_size, args.img_size), dtype=torch.uint8, device=rt.device),
-             torch.randint(0, 2, (args.batch,), device=rt.device).float(),
-             torch.arange(args.batch), torch.ones(args.batch, dtype=torch.bool))
-    stats = timed_epochs(lambda n: train_one_epoch(net, [batch] * n, optimizer, scheduler, loss_fn, rt, 0, 0),
-                         args.warmup_steps, args.steps)
+    batch = (
+        torch.randint(
+            0, 256, (args.batch, 3, args.img_size, args.img_size), dtype=torch.uint8, device=rt.device
+        ),
+        torch.randint(0, 2, (args.batch,), device=rt.device).float(),
+        torch.arange(args.batch),
+        torch.ones(args.batch, dtype=torch.bool),
+    )
+    stats = timed_epochs(
+        lambda n: train_one_epoch(net, [batch] * n, optimizer, scheduler, loss_fn, rt, 0, 0),
+        args.warmup_steps,
+        args.steps,
+    )
     return {"images_per_s": round(stats["images_per_s"], 1)}
 
 
 def real_loader(args, rt: Runtime, paths, targets):
     dataset = ImageDataset(paths, targets, args.img_size)
     sampler = EpochSampler(targets, seed=0)
-    return make_loader(dataset, args.batch, sampler, args.workers, rt.device.type == "cuda", args.prefetch, True)
+    return make_loader(
+        dataset, args.batch, sampler, args.workers, rt.device.type == "cuda", args.prefetch, True
+    )
 
 
 def worker_memory_mb(loader_iter) -> list[float]:
@@ -172,7 +194,10 @@ def worker_memory_mb(loader_iter) -> list[float]:
     sizes = []
     for worker in getattr(loader_iter, "_workers", []):
         try:
-            fields = dict(line.split(":", 1) for line in open(f"/proc/{worker.pid}/smaps_rollup").read().splitlines()[1:])
+            fields = dict(
+                line.split(":", 1)
+                for line in open(f"/proc/{worker.pid}/smaps_rollup").read().splitlines()[1:]
+            )
             kb = sum(int(fields[k].split()[0]) for k in ("Private_Clean", "Private_Dirty"))
             sizes.append(round(kb / 1024, 1))
         except (OSError, KeyError, ValueError):
@@ -198,16 +223,29 @@ def bench_data(args, rt: Runtime, paths, targets) -> dict:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     end_mem = worker_memory_mb(it)
-    return {"images_per_s": round(count / seconds, 1), "images": count, "workers": args.workers,
-            "worker_private_mb_start": start_mem, "worker_private_mb_mid": mid_mem, "worker_private_mb_end": end_mem}
+    return {
+        "images_per_s": round(count / seconds, 1),
+        "images": count,
+        "workers": args.workers,
+        "worker_private_mb_start": start_mem,
+        "worker_private_mb_mid": mid_mem,
+        "worker_private_mb_end": end_mem,
+    }
 
 
 def bench_loader(args, paths, targets) -> dict:
     """The DataLoader workers alone (decode, crop, collate; no transfer, no augmentation): the CPU
     side of the data path, which is what has to keep up with a GPU. Images/s per worker tells how
     many cores a given GPU rate needs, measured on a machine without that GPU."""
-    loader = make_loader(ImageDataset(paths, targets, args.img_size), args.batch, EpochSampler(targets, seed=0),
-                         args.workers, False, args.prefetch, True)
+    loader = make_loader(
+        ImageDataset(paths, targets, args.img_size),
+        args.batch,
+        EpochSampler(targets, seed=0),
+        args.workers,
+        False,
+        args.prefetch,
+        True,
+    )
     it = iter(loader)
     for _ in range(min(args.warmup_steps, len(loader) - 1)):
         next(it)  # workers started and their prefetch queues full
@@ -215,16 +253,23 @@ def bench_loader(args, paths, targets) -> dict:
     for images, *_ in it:
         count += len(images)
     rate = count / (time.perf_counter() - start)
-    return {"images_per_s": round(rate, 1), "images": count, "workers": args.workers,
-            "images_per_s_per_worker": round(rate / args.workers, 1)}
+    return {
+        "images_per_s": round(rate, 1),
+        "images": count,
+        "workers": args.workers,
+        "images_per_s_per_worker": round(rate / args.workers, 1),
+    }
 
 
 def bench_e2e(args, rt: Runtime, paths, targets) -> dict:
     """The real training step fed by the real DataLoader (train_one_epoch, as train.py runs it)."""
     net, optimizer, scheduler, loss_fn = training_parts(args, rt)
     loader = real_loader(args, rt, paths, targets)
-    stats = timed_epochs(lambda n: train_one_epoch(net, loader, optimizer, scheduler, loss_fn, rt, 0, 0, n),
-                         args.warmup_steps, args.steps)
+    stats = timed_epochs(
+        lambda n: train_one_epoch(net, loader, optimizer, scheduler, loss_fn, rt, 0, 0, n),
+        args.warmup_steps,
+        args.steps,
+    )
     out = {"images_per_s": round(stats["images_per_s"], 1)}
     if torch.cuda.is_available():
         out["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
@@ -233,9 +278,20 @@ def bench_e2e(args, rt: Runtime, paths, targets) -> dict:
 
 def run_training_path(args, sections: set) -> None:
     rt = runtime(args)
-    device = torch.cuda.get_device_name() if rt.device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    common = {"device": device, "batch": args.batch, "img_size": args.img_size, "amp": str(rt.amp_dtype),
-              "channels_last": rt.channels_last, "compile": args.compile, "arch": args.arch}
+    device = (
+        torch.cuda.get_device_name()
+        if rt.device.type == "cuda"
+        else f"cpu ({torch.get_num_threads()} threads)"
+    )
+    common = {
+        "device": device,
+        "batch": args.batch,
+        "img_size": args.img_size,
+        "amp": str(rt.amp_dtype),
+        "channels_last": rt.channels_last,
+        "compile": args.compile,
+        "arch": args.arch,
+    }
     model = bench_model(args, rt) if "model" in sections or "e2e" in sections else None
     if model:
         emit({"bench": "model-only", **common, **model})
@@ -244,26 +300,52 @@ def run_training_path(args, sections: set) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         paths, targets = make_cache(Path(tmp), args.cache_images, args.cache_size)
-        emit({"bench": "synthetic cache", "images": len(paths), "short_side": args.cache_size,
-              "seconds": round(time.perf_counter() - start, 1)})
+        emit(
+            {
+                "bench": "synthetic cache",
+                "images": len(paths),
+                "short_side": args.cache_size,
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+        )
         if "loader" in sections:
-            emit({"bench": "loader-only", "device": "cpu workers", "batch": args.batch, "img_size": args.img_size,
-                  "cache_size": args.cache_size, **bench_loader(args, paths, targets)})
+            emit(
+                {
+                    "bench": "loader-only",
+                    "device": "cpu workers",
+                    "batch": args.batch,
+                    "img_size": args.img_size,
+                    "cache_size": args.cache_size,
+                    **bench_loader(args, paths, targets),
+                }
+            )
         if "data" in sections:
             emit({"bench": "data-only", **common, **bench_data(args, rt, paths, targets)})
         if "e2e" in sections:
             e2e = bench_e2e(args, rt, paths, targets)
-            emit({"bench": "end-to-end", **common, **e2e, "ratio_to_model_only": round(e2e["images_per_s"] / model["images_per_s"], 3)})
+            emit(
+                {
+                    "bench": "end-to-end",
+                    **common,
+                    **e2e,
+                    "ratio_to_model_only": round(e2e["images_per_s"] / model["images_per_s"], 3),
+                }
+            )
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", default="prepare,model,data,e2e", help="comma-separated sections: prepare, "
-                   "model, data, e2e, loader")
+    p.add_argument(
+        "--only",
+        default="prepare,model,data,e2e",
+        help="comma-separated sections: prepare, model, data, e2e, loader",
+    )
     p.add_argument("--large-images", type=int, default=8, help="generated 6000x4000 JPEGs")
     p.add_argument("--short-side", type=int, default=256, help="decode/prepare target short side")
     p.add_argument("--repeat", type=int, default=3, help="timed passes per decode set (best one counts)")
-    p.add_argument("--workers", type=int, default=0, help="prepare processes / DataLoader workers (0: one per core)")
+    p.add_argument(
+        "--workers", type=int, default=0, help="prepare processes / DataLoader workers (0: one per core)"
+    )
     cuda = torch.cuda.is_available()
     p.add_argument("--batch", type=int, default=256 if cuda else 32)
     p.add_argument("--img-size", type=int, default=224 if cuda else 64)
@@ -271,7 +353,9 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=60 if cuda else 8, help="measured training steps")
     p.add_argument("--warmup-steps", type=int, default=15 if cuda else 2)
     p.add_argument("--cache-images", type=int, default=20000 if cuda else 800)
-    p.add_argument("--cache-size", type=int, default=256 if cuda else 96, help="short side of the synthetic cache")
+    p.add_argument(
+        "--cache-size", type=int, default=256 if cuda else 96, help="short side of the synthetic cache"
+    )
     p.add_argument("--prefetch", type=int, default=4)
     p.add_argument("--amp", type=int, default=1, help="bf16 autocast on CUDA (1/0)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")

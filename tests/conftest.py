@@ -1,4 +1,5 @@
 """Shared fixtures. Tests that need the real ISIC files in ../shared/isic-real skip cleanly without them."""
+
 import os
 import subprocess
 import sys
@@ -19,8 +20,14 @@ def run_script(*args, cwd=ROOT, timeout=300, env=None):
     """Run one of the project's commands as a user would, from the repository root."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     script = ROOT / str(args[0])  # scripts are named from the repository root, wherever they run
-    return subprocess.run([sys.executable, str(script), *map(str, args[1:])], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=full_env)
+    return subprocess.run(
+        [sys.executable, str(script), *map(str, args[1:])],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )
 
 
 def write_jpeg(path, rgb, quality=92):
@@ -33,13 +40,16 @@ def write_jpeg(path, rgb, quality=92):
 def gradient_image(h=60, w=90):
     """Non-constant RGB image, so that crops, flips and resizes can be told apart."""
     y, x = np.mgrid[0:h, 0:w]
-    return np.stack([x * 255 // max(1, w - 1), y * 255 // max(1, h - 1), np.full_like(x, 128)], -1).astype(np.uint8)
+    return np.stack([x * 255 // max(1, w - 1), y * 255 // max(1, h - 1), np.full_like(x, 128)], -1).astype(
+        np.uint8
+    )
 
 
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory):
     """A small synthetic dataset in the ISIC 2020 layout (metadata.csv inside the image folder)."""
     from src.data.demo import make_demo_dataset
+
     out = tmp_path_factory.mktemp("demo")
     make_demo_dataset(out, n_images=80, melanoma_rate=0.3, seed=1)
     return out
@@ -47,15 +57,26 @@ def demo_dir(tmp_path_factory):
 
 def tiny_train_args(data_dir, out, epochs=2, *extra):
     """train.py arguments for a run of a few seconds on the CPU."""
-    return ["src/training/train.py", f"--DATA_DIR={data_dir}", f"--METADATA_CSV={Path(data_dir) / 'metadata.csv'}",
-            f"--CHECKPOINT_DIR={out}", "--PRETRAINED=False", "--IMG_SIZE=32", "--BATCH_SIZE=16",
-            f"--NUM_EPOCHS={epochs}", "--NUM_WORKERS=0", "--CACHE_DIR=", *extra]
+    return [
+        "src/training/train.py",
+        f"--DATA_DIR={data_dir}",
+        f"--METADATA_CSV={Path(data_dir) / 'metadata.csv'}",
+        f"--CHECKPOINT_DIR={out}",
+        "--PRETRAINED=False",
+        "--IMG_SIZE=32",
+        "--BATCH_SIZE=16",
+        f"--NUM_EPOCHS={epochs}",
+        "--NUM_WORKERS=0",
+        "--CACHE_DIR=",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="session")
 def trained_run(demo_dir, tmp_path_factory):
     """A finished tiny training run on the demo fixture: (checkpoint dir, best checkpoint path)."""
     import json
+
     out = tmp_path_factory.mktemp("run")
     r = run_script(*tiny_train_args(demo_dir, out, 2))
     assert r.returncode == 0, r.stderr
@@ -65,13 +86,20 @@ def trained_run(demo_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
-    """The real `--demo` preset, cut to one epoch: (checkpoint dir, best checkpoint) on the demo's 239 validation images."""
+    """The real `--demo` preset cut to one epoch: (checkpoint dir, best checkpoint), 239 validation images."""
     import json
+
     root = tmp_path_factory.mktemp("demo_run")
     out = root / "checkpoints"
-    r = run_script("src/training/train.py", "--demo", f"--DATA_DIR={root / 'demo'}",
-                   f"--METADATA_CSV={root / 'demo' / 'metadata.csv'}", f"--CHECKPOINT_DIR={out}", "--NUM_EPOCHS=1",
-                   "--NUM_WORKERS=0")
+    r = run_script(
+        "src/training/train.py",
+        "--demo",
+        f"--DATA_DIR={root / 'demo'}",
+        f"--METADATA_CSV={root / 'demo' / 'metadata.csv'}",
+        f"--CHECKPOINT_DIR={out}",
+        "--NUM_EPOCHS=1",
+        "--NUM_WORKERS=0",
+    )
     assert r.returncode == 0, r.stderr
     history = json.loads((out / "training_history.json").read_text())
     return out, out / history["best_checkpoint"]

@@ -1,4 +1,5 @@
 """Override parser, ImageNet weights offline/cached, checkpoint round trip and refusal of foreign files."""
+
 import re
 import urllib.error
 
@@ -8,25 +9,36 @@ import torch
 from src.training.checkpoint import FORMAT, CheckpointError, load_checkpoint, load_model, save_checkpoint
 from src.training.config import ConfigError, apply_overrides
 from src.training.engine import Runtime
-from src.training.model import MelanomaNet, WeightsUnavailable, build_model, imagenet_weights, weights_cache_path
+from src.training.model import (
+    MelanomaNet,
+    WeightsUnavailable,
+    build_model,
+    imagenet_weights,
+    weights_cache_path,
+)
 
 DEFAULTS = {"BATCH_SIZE": 32, "LEARNING_RATE": 0.001, "AMP": True, "ARCH": "resnet50"}
 
 
 def test_overrides_good_values():
-    c = apply_overrides(DEFAULTS, ["--BATCH_SIZE=8", "--LEARNING_RATE=3e-4", "--AMP=false", "--ARCH=resnet18"])
+    c = apply_overrides(
+        DEFAULTS, ["--BATCH_SIZE=8", "--LEARNING_RATE=3e-4", "--AMP=false", "--ARCH=resnet18"]
+    )
     assert c == {"BATCH_SIZE": 8, "LEARNING_RATE": 3e-4, "AMP": False, "ARCH": "resnet18"}
     assert apply_overrides(DEFAULTS, ["--LEARNING_RATE=1"])["LEARNING_RATE"] == 1.0  # int text for a float
     assert DEFAULTS["BATCH_SIZE"] == 32  # the defaults are not modified
 
 
-@pytest.mark.parametrize("arg,message", [
-    ("--BATCH_SIZE=3.5", "--BATCH_SIZE=3.5: expected a int (the default is 32)"),
-    ("--AMP=maybe", "--AMP=maybe: expected True or False (the default is True)"),
-    ("--LEARNING_RATE=fast", "--LEARNING_RATE=fast: expected a float"),
-    ("--EPOCHS=3", "unknown setting 'EPOCHS'. Valid settings: AMP, ARCH, BATCH_SIZE, LEARNING_RATE"),
-    ("BATCH_SIZE=3", "expected --NAME=value, got 'BATCH_SIZE=3'"),
-])
+@pytest.mark.parametrize(
+    "arg,message",
+    [
+        ("--BATCH_SIZE=3.5", "--BATCH_SIZE=3.5: expected a int (the default is 32)"),
+        ("--AMP=maybe", "--AMP=maybe: expected True or False (the default is True)"),
+        ("--LEARNING_RATE=fast", "--LEARNING_RATE=fast: expected a float"),
+        ("--EPOCHS=3", "unknown setting 'EPOCHS'. Valid settings: AMP, ARCH, BATCH_SIZE, LEARNING_RATE"),
+        ("BATCH_SIZE=3", "expected --NAME=value, got 'BATCH_SIZE=3'"),
+    ],
+)
 def test_overrides_bad_values(arg, message):
     with pytest.raises(ConfigError) as e:
         apply_overrides(DEFAULTS, [arg])
@@ -40,6 +52,7 @@ def no_network(monkeypatch, tmp_path):
 
     def offline(*args, **kwargs):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     return tmp_path / "torch"
 
@@ -61,6 +74,7 @@ def cache_under_its_hash(monkeypatch, state) -> None:
     import types
 
     import src.training.model as model_module
+
     path = weights_cache_path(imagenet_weights("resnet50"))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / "incoming.pth"
@@ -73,6 +87,7 @@ def cache_under_its_hash(monkeypatch, state) -> None:
 
 def test_weights_in_torch_cache_load_without_network(no_network, monkeypatch):
     import torchvision
+
     reference = torchvision.models.resnet50(weights=None)
     cache_under_its_hash(monkeypatch, reference.state_dict())
     model = build_model("resnet50", pretrained=True)
@@ -83,6 +98,7 @@ def test_weights_in_torch_cache_load_without_network(no_network, monkeypatch):
 
 class PlantedPayload:
     """Unpickling this writes a marker file: proof that pickled code ran."""
+
     marker = None
 
     def __reduce__(self):
@@ -109,8 +125,17 @@ def test_pickle_whose_hash_matches_its_name_is_still_never_run(no_network, tmp_p
 
 def test_checkpoint_round_trip_with_weights_only(tmp_path):
     model = MelanomaNet("resnet18").eval()
-    ckpt = {"format": FORMAT, "arch": "resnet18", "img_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3,
-            "threshold": 0.3, "temperature": 1.5, "model_state": model.state_dict(), "config": {"SEED": 1}}
+    ckpt = {
+        "format": FORMAT,
+        "arch": "resnet18",
+        "img_size": 32,
+        "mean": [0.5] * 3,
+        "std": [0.25] * 3,
+        "threshold": 0.3,
+        "temperature": 1.5,
+        "model_state": model.state_dict(),
+        "config": {"SEED": 1},
+    }
     save_checkpoint(ckpt, tmp_path / "a.pth")
     raw = torch.load(tmp_path / "a.pth", weights_only=True)  # loads without running pickled code
     assert raw["threshold"] == 0.3
@@ -118,7 +143,9 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path):
     x = torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8)
     with torch.no_grad():
         assert torch.allclose(back(x), model(x))
-    assert torch.equal(back.mean, model.mean) and torch.equal(back.std, model.std)  # normalisation travels along
+    assert torch.equal(back.mean, model.mean) and torch.equal(
+        back.std, model.std
+    )  # normalisation travels along
     assert not list(tmp_path.glob(".*.tmp"))
 
 
@@ -127,12 +154,15 @@ class Evil:
         return (print, ("this must never run",))
 
 
-@pytest.mark.parametrize("content,message", [
-    (b"", "is not a readable PyTorch checkpoint"),
-    (b"PK\x03\x04 garbage", "is not a readable PyTorch checkpoint"),
-    ("foreign", "is not a checkpoint of this project"),
-    ("evil", "refusing to load it (weights_only=True)"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"", "is not a readable PyTorch checkpoint"),
+        (b"PK\x03\x04 garbage", "is not a readable PyTorch checkpoint"),
+        ("foreign", "is not a checkpoint of this project"),
+        ("evil", "refusing to load it (weights_only=True)"),
+    ],
+)
 def test_bad_checkpoints_are_refused_clearly(tmp_path, content, message, capsys):
     path = tmp_path / "x.pth"
     if content == "foreign":
@@ -146,8 +176,9 @@ def test_bad_checkpoints_are_refused_clearly(tmp_path, content, message, capsys)
     assert "this must never run" not in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("amp, bf16, expected", [(True, True, torch.bfloat16), (True, False, torch.float16),
-                                                 (False, True, None)])
+@pytest.mark.parametrize(
+    "amp, bf16, expected", [(True, True, torch.bfloat16), (True, False, torch.float16), (False, True, None)]
+)
 def test_inference_autocast_follows_the_training_runs_amp_setting(monkeypatch, amp, bf16, expected):
     # Evaluation must compute what the run's own validation computed: an AMP=False run in fp32.
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -1,9 +1,9 @@
 """The data commands as a user runs them: the check command, prepare and the demo generator."""
+
 import json
 import shutil
 
 import cv2
-
 from conftest import SHARED, needs_shared, run_script
 
 
@@ -41,8 +41,12 @@ def test_check_command_without_data_explains_how_to_get_it(tmp_path):
 @needs_shared
 def test_check_command_on_real_isic2017():
     d = SHARED / "isic2017_csv"
-    csvs = ",".join(str(d / f"ISIC-2017_{p}_Part3_GroundTruth.csv") for p in ("Training", "Validation", "Test_v2"))
-    r = run_script("src/data/check.py", "--metadata", csvs, "--images", SHARED / "images" / "isic2017_256", "--json")
+    csvs = ",".join(
+        str(d / f"ISIC-2017_{p}_Part3_GroundTruth.csv") for p in ("Training", "Validation", "Test_v2")
+    )
+    r = run_script(
+        "src/data/check.py", "--metadata", csvs, "--images", SHARED / "images" / "isic2017_256", "--json"
+    )
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     assert (report["rows"], report["melanoma"], report["split"]["groups_in_both"]) == (2750, 521, 0)
@@ -70,21 +74,29 @@ def test_prepare_is_resumable_atomic_and_lists_unreadable(demo_dir, tmp_path):
 
 def test_demo_dataset_is_deterministic(tmp_path):
     from src.data.demo import make_demo_dataset
+
     a = make_demo_dataset(tmp_path / "a", n_images=12, seed=5)
     b = make_demo_dataset(tmp_path / "b", n_images=12, seed=5)
     assert a.read_text() == b.read_text()
-    assert (tmp_path / "a" / "ISIC_9000003.jpg").read_bytes() == (tmp_path / "b" / "ISIC_9000003.jpg").read_bytes()
+    assert (tmp_path / "a" / "ISIC_9000003.jpg").read_bytes() == (
+        tmp_path / "b" / "ISIC_9000003.jpg"
+    ).read_bytes()
     assert "SYNTHETIC" in (tmp_path / "a" / "SYNTHETIC_README.txt").read_text()
 
 
 def test_loader_uses_a_large_enough_cache_and_falls_back_otherwise(demo_dir, tmp_path, capsys):
     from src.data.labels import load_labeled_images
     from src.data.prepare import prepare_cache
+
     cache = tmp_path / "cache"
     prepare_cache(str(demo_dir), str(cache), size=96, workers=1, progress=False)
-    data = load_labeled_images(str(demo_dir / "metadata.csv"), str(demo_dir), img_size=64, cache_dir=str(cache))
+    data = load_labeled_images(
+        str(demo_dir / "metadata.csv"), str(demo_dir), img_size=64, cache_dir=str(cache)
+    )
     assert data.cache_dir == str(cache) and all(p.startswith(str(cache)) for p in data.table["path"])
-    data = load_labeled_images(str(demo_dir / "metadata.csv"), str(demo_dir), img_size=128, cache_dir=str(cache))
+    data = load_labeled_images(
+        str(demo_dir / "metadata.csv"), str(demo_dir), img_size=128, cache_dir=str(cache)
+    )
     assert data.cache_dir is None and not any(p.startswith(str(cache)) for p in data.table["path"])
     assert "holds 96 px images, smaller than IMG_SIZE=128" in capsys.readouterr().err
 
@@ -93,6 +105,7 @@ def test_prepare_recaches_changed_originals_and_forgets_fixed_failures(demo_dir,
     import os
 
     import numpy as np
+
     images = tmp_path / "originals"
     shutil.copytree(demo_dir, images)
     (images / "ISIC_bad.jpg").write_text("not an image")
@@ -111,7 +124,9 @@ def test_prepare_recaches_changed_originals_and_forgets_fixed_failures(demo_dir,
 
 def test_training_says_how_many_images_came_from_a_partial_cache(demo_dir, tmp_path):
     from conftest import tiny_train_args
+
     from src.data.prepare import prepare_cache
+
     cache = tmp_path / "cache"
     prepare_cache(str(demo_dir), str(cache), size=48, workers=1, progress=False)
     for path in sorted(cache.glob("ISIC_*.jpg"))[:30]:
@@ -130,6 +145,7 @@ def odd_folder(demo_dir, tmp_path):
     import zlib
 
     import numpy as np
+
     folder = tmp_path / "odd"
     shutil.copytree(demo_dir, folder)
     png = bytearray(cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes())
@@ -146,13 +162,22 @@ def odd_folder(demo_dir, tmp_path):
 def test_odd_files_are_skipped_with_a_reason_by_every_command(demo_dir, trained_run, tmp_path):
     import pandas as pd
     from conftest import tiny_train_args
+
     folder = odd_folder(demo_dir, tmp_path)
     r = run_script("src/data/prepare.py", "--images", folder, "--out", tmp_path / "cache", "--size", 48)
     assert r.returncode == 0 and "78 written, 0 already there, 2 unreadable" in r.stdout, r.stderr
     r = run_script("src/data/check.py", "--images", folder, "--decode")
     assert r.returncode == 1 and "error: 2 unreadable image files" in r.stderr and "Traceback" not in r.stderr
-    r = run_script("src/inference/predict.py", "--checkpoint", trained_run[1], folder, "--out", tmp_path / "p.csv",
-                   "--workers", 0)
+    r = run_script(
+        "src/inference/predict.py",
+        "--checkpoint",
+        trained_run[1],
+        folder,
+        "--out",
+        tmp_path / "p.csv",
+        "--workers",
+        0,
+    )
     assert r.returncode == 0, r.stderr
     errors = pd.read_csv(tmp_path / "p.csv", keep_default_na=False).set_index("image_name")["error"]
     assert "image is 40000x40000 pixels, above the limit" in errors["ISIC_9000003"]

@@ -1,11 +1,12 @@
-"""The fast data path computes what the plain one would: uint8 + in-model normalisation == float CPU normalisation."""
+"""The fast data path computes what the plain one would: uint8 + in-model normalisation == CPU float."""
+
 import json
 
 import pytest
 import torch
 import torchvision.transforms.functional as TF
-
 from conftest import gradient_image, run_script, write_jpeg
+
 from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD, load_input
 from src.training.model import MelanomaNet
 
@@ -36,8 +37,25 @@ def test_gpu_normalisation_matches_cpu(tmp_path):
 
 
 def test_throughput_benchmark_runs_and_reports_every_section():
-    r = run_script("benchmarks/throughput.py", "--only", "model,data,e2e,loader", "--steps", 1, "--warmup-steps", 1,
-                   "--cache-images", 96, "--cache-size", 48, "--img-size", 32, "--batch", 16, "--arch", "resnet18")
+    r = run_script(
+        "benchmarks/throughput.py",
+        "--only",
+        "model,data,e2e,loader",
+        "--steps",
+        1,
+        "--warmup-steps",
+        1,
+        "--cache-images",
+        96,
+        "--cache-size",
+        48,
+        "--img-size",
+        32,
+        "--batch",
+        16,
+        "--arch",
+        "resnet18",
+    )
     assert r.returncode == 0, r.stderr
     lines = {d["bench"]: d for d in map(json.loads, r.stdout.splitlines())}
     assert set(lines) == {"model-only", "synthetic cache", "loader-only", "data-only", "end-to-end"}

@@ -1,4 +1,5 @@
 """evaluate.py: report, plots, saved threshold/calibration, bootstrap behaviour, and bad input."""
+
 import json
 import shutil
 
@@ -6,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
 from conftest import SHARED, needs_shared, run_script
+
 from src.training import metrics as M
 from src.training.checkpoint import load_checkpoint
 
@@ -60,6 +61,7 @@ def test_report_on_the_runs_validation_split(trained_run, tmp_path):
     out_dir, best = trained_run
     history = json.loads((out_dir / "training_history.json").read_text())
     from src.inference.predictor import Predictor
+
     version = Predictor(best).version
     r = run_script("src/training/evaluate.py", "--checkpoint", best, "--bootstrap", 200, "--workers", 0)
     assert r.returncode == 0, r.stderr
@@ -69,8 +71,13 @@ def test_report_on_the_runs_validation_split(trained_run, tmp_path):
     assert report["metrics"]["roc_auc"] == pytest.approx(history["best_val_auc"], abs=1e-9)
     low, high = report["ci95"]["roc_auc"]
     assert low <= report["metrics"]["roc_auc"] <= high
-    assert set(report["plots"]) == {"ROC curve", "Precision-recall", "Reliability diagram", "Score histograms",
-                                    "Training curves"}
+    assert set(report["plots"]) == {
+        "ROC curve",
+        "Precision-recall",
+        "Reliability diagram",
+        "Score histograms",
+        "Training curves",
+    }
     for name in report["plots"].values():
         image = cv2.imread(str(out_dir / "eval" / name))
         assert image is not None and image.shape[0] > 300 and image.std() > 10
@@ -86,8 +93,20 @@ def test_external_set_uses_saved_threshold(trained_run, demo_dir, tmp_path):
     _, best = trained_run
     saved = load_checkpoint(best)["threshold"]
     out = tmp_path / "ext"
-    r = run_script("src/training/evaluate.py", "--checkpoint", best, "--metadata", demo_dir / "metadata.csv",
-                   "--out", out, "--bootstrap", 100, "--workers", 0, "--tta")
+    r = run_script(
+        "src/training/evaluate.py",
+        "--checkpoint",
+        best,
+        "--metadata",
+        demo_dir / "metadata.csv",
+        "--out",
+        out,
+        "--bootstrap",
+        100,
+        "--workers",
+        0,
+        "--tta",
+    )
     assert r.returncode == 0, r.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["operating_point"]["threshold"] == pytest.approx(saved) and report["tta"] is True
@@ -96,6 +115,7 @@ def test_external_set_uses_saved_threshold(trained_run, demo_dir, tmp_path):
 
 def one_class_set(demo_dir, tmp_path, keep):
     import pandas as pd
+
     data = tmp_path / "set"
     shutil.copytree(demo_dir, data)
     table = pd.read_csv(data / "metadata.csv")
@@ -103,13 +123,16 @@ def one_class_set(demo_dir, tmp_path, keep):
     return data
 
 
-@pytest.mark.parametrize("case,message", [
-    ("one class", "the evaluation set has only benign images"),
-    ("empty", "the evaluation set is empty"),
-    ("missing images", "images listed are missing from"),
-    ("foreign checkpoint", "is not a checkpoint of this project"),
-    ("corrupted checkpoint", "is not a readable PyTorch checkpoint"),
-])
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("one class", "the evaluation set has only benign images"),
+        ("empty", "the evaluation set is empty"),
+        ("missing images", "images listed are missing from"),
+        ("foreign checkpoint", "is not a checkpoint of this project"),
+        ("corrupted checkpoint", "is not a readable PyTorch checkpoint"),
+    ],
+)
 def test_bad_input_gives_a_clear_error(trained_run, demo_dir, tmp_path, case, message):
     _, best = trained_run
     ckpt, data = best, demo_dir
@@ -128,8 +151,19 @@ def test_bad_input_gives_a_clear_error(trained_run, demo_dir, tmp_path, case, me
     else:
         ckpt = tmp_path / "broken.pth"
         ckpt.write_bytes(best.read_bytes()[:5000])
-    r = run_script("src/training/evaluate.py", "--checkpoint", ckpt, "--metadata", data / "metadata.csv",
-                   "--bootstrap", 10, "--workers", 0, "--out", tmp_path / "out")
+    r = run_script(
+        "src/training/evaluate.py",
+        "--checkpoint",
+        ckpt,
+        "--metadata",
+        data / "metadata.csv",
+        "--bootstrap",
+        10,
+        "--workers",
+        0,
+        "--out",
+        tmp_path / "out",
+    )
     assert r.returncode == 1, r.stdout + r.stderr
     assert message in r.stderr and "Traceback" not in r.stderr
 
@@ -140,22 +174,48 @@ def test_report_on_real_isic2020_rows_with_missing_age_sex_and_site(trained_run,
     # pandas 3 a missing age band used to crash the subgroup table. Images are generated stand-ins:
     # only the metadata has to be real here.
     import pandas as pd
-    real = pd.read_csv(SHARED / "isic2020_csv" / "ISIC_2020_Training_GroundTruth_v2.csv", dtype=str,
-                       keep_default_na=False)
+
+    real = pd.read_csv(
+        SHARED / "isic2020_csv" / "ISIC_2020_Training_GroundTruth_v2.csv", dtype=str, keep_default_na=False
+    )
     missing = (real["age_approx"] == "") | (real["sex"] == "") | (real["anatom_site_general_challenge"] == "")
     complete = real[~missing]
-    rows = pd.concat([real[missing].head(150), complete[complete["target"] == "1"].head(25),
-                      complete[complete["target"] == "0"].head(25)])
+    rows = pd.concat(
+        [
+            real[missing].head(150),
+            complete[complete["target"] == "1"].head(25),
+            complete[complete["target"] == "0"].head(25),
+        ]
+    )
     assert (rows["age_approx"] == "").any() and (rows["sex"] == "").any()
     rng = np.random.default_rng(0)
     for name in rows["image_name"]:
         cv2.imwrite(str(tmp_path / f"{name}.jpg"), rng.integers(0, 255, (40, 48, 3), dtype=np.uint8))
     rows.to_csv(tmp_path / "labels.csv", index=False)
-    r = run_script("src/training/evaluate.py", "--checkpoint", trained_run[1], "--metadata", tmp_path / "labels.csv",
-                   "--images", tmp_path, "--out", tmp_path / "out", "--bootstrap", 20, "--workers", 0)
+    r = run_script(
+        "src/training/evaluate.py",
+        "--checkpoint",
+        trained_run[1],
+        "--metadata",
+        tmp_path / "labels.csv",
+        "--images",
+        tmp_path,
+        "--out",
+        tmp_path / "out",
+        "--bootstrap",
+        20,
+        "--workers",
+        0,
+    )
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     unknown = {g["attribute"]: g["images"] for g in report["subgroups"] if g["value"] == "unknown"}
-    assert unknown == {"sex": int((rows["sex"] == "").sum()), "anatomic site": int((rows["anatom_site_general_challenge"] == "").sum()),
-                       "age band": int((rows["age_approx"] == "").sum())}
-    assert report["set"]["images"] == len(rows) and "| age band: unknown |" in (tmp_path / "out" / "report.md").read_text()
+    assert unknown == {
+        "sex": int((rows["sex"] == "").sum()),
+        "anatomic site": int((rows["anatom_site_general_challenge"] == "").sum()),
+        "age band": int((rows["age_approx"] == "").sum()),
+    }
+    assert (
+        report["set"]["images"] == len(rows)
+        and "| age band: unknown |" in (tmp_path / "out" / "report.md").read_text()
+    )

@@ -1,12 +1,21 @@
 """Decoding: reduced JPEG decoding, odd image kinds, and the exact reason a bad file is refused."""
+
 import cv2
 import numpy as np
 import pytest
+from conftest import SHARED, gradient_image, needs_shared, write_jpeg
 from PIL import Image
 
-from conftest import SHARED, gradient_image, needs_shared, write_jpeg
-from src.data.images import (ImageDecodeError, decode_bytes, decode_image, index_images, jpeg_size,
-                             naive_decode, reduction_for, resize_short_side)
+from src.data.images import (
+    ImageDecodeError,
+    decode_bytes,
+    decode_image,
+    index_images,
+    jpeg_size,
+    naive_decode,
+    reduction_for,
+    resize_short_side,
+)
 
 
 def test_index_finds_images_directly_and_one_level_down(tmp_path):
@@ -81,6 +90,7 @@ def test_missing_file_is_a_decode_error(tmp_path):
 
 def _pil_bytes(image: Image.Image, fmt: str, **kw) -> bytes:
     import io
+
     buf = io.BytesIO()
     image.save(buf, fmt, **kw)
     return buf.getvalue()
@@ -89,8 +99,9 @@ def _pil_bytes(image: Image.Image, fmt: str, **kw) -> bytes:
 RED = (200, 30, 40)
 
 
-@pytest.mark.parametrize("mode,fmt", [("L", "JPEG"), ("RGBA", "PNG"), ("CMYK", "JPEG"), ("I;16", "PNG"),
-                                      ("RGB", "PNG")])
+@pytest.mark.parametrize(
+    "mode,fmt", [("L", "JPEG"), ("RGBA", "PNG"), ("CMYK", "JPEG"), ("I;16", "PNG"), ("RGB", "PNG")]
+)
 def test_odd_image_kinds_become_8bit_rgb(mode, fmt):
     rgb = Image.new("RGB", (40, 30), RED)
     if mode == "I;16":
@@ -117,18 +128,20 @@ def test_exif_rotation_is_applied():
 
 # ---- hostile files: every limit is checked from the header, before any pixel is decoded ----
 
+
 def padded_jpeg(width=20000, height=20000) -> bytes:
     """A real small JPEG whose frame header comes after a 65,535-byte APP1 segment and declares
     width x height: a decompression bomb that a check of only the first 64 KiB would miss."""
     data = bytearray(cv2.imencode(".jpg", gradient_image(16, 16))[1].tobytes())
     sof = next(i for i in range(2, len(data)) if data[i] == 0xFF and data[i + 1] in (0xC0, 0xC2))
-    data[sof + 5:sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
     app1 = b"\xff\xe1" + (65535).to_bytes(2, "big") + bytes(65533)
     return bytes(data[:2]) + app1 + bytes(data[2:])
 
 
 def test_frame_header_after_a_64k_segment_is_still_found_and_refused():
     from src.data.images import ImageTooLarge, image_size
+
     data = padded_jpeg()
     assert image_size(data) == (20000, 20000)
     with pytest.raises(ImageTooLarge, match="image is 20000x20000 pixels, above the limit of 50,000,000"):
@@ -156,8 +169,9 @@ def test_absurd_aspect_ratio_is_refused_before_resizing():
 
 def test_symlink_loops_in_an_image_folder_are_skipped_or_reported(tmp_path):
     import os
+
     write_jpeg(tmp_path / "ISIC_1.jpg", gradient_image())
-    os.symlink("loop", tmp_path / "loop")              # a folder-like entry that loops
+    os.symlink("loop", tmp_path / "loop")  # a folder-like entry that loops
     os.symlink("ISIC_2.jpg", tmp_path / "ISIC_2.jpg")  # an image-like entry that loops
     found = index_images(tmp_path)
     assert sorted(found) == ["ISIC_1", "ISIC_2"]

@@ -1,12 +1,13 @@
-"""Prediction CLI, Grad-CAM, ONNX export and int8: equal to evaluation, within tolerance, and honest about AUC."""
+"""Prediction CLI, Grad-CAM, ONNX export and int8: equal to evaluation, within tolerance, honest about AUC."""
+
 import shutil
 
 import cv2
 import numpy as np
 import pandas as pd
 import torch
-
 from conftest import run_script
+
 from src.data.transforms import load_input
 from src.inference.predictor import Predictor
 from src.training.checkpoint import load_model
@@ -18,8 +19,16 @@ def test_cli_predictions_equal_evaluation_probabilities(trained_run, demo_dir, t
     r = run_script("src/training/evaluate.py", "--checkpoint", best, "--bootstrap", 20, "--workers", 0)
     assert r.returncode == 0, r.stderr
     evaluated = pd.read_csv(out_dir / "eval" / "predictions.csv")
-    r = run_script("src/inference/predict.py", "--checkpoint", best, demo_dir / "metadata.csv",
-                   "--out", tmp_path / "p.csv", "--workers", 0)
+    r = run_script(
+        "src/inference/predict.py",
+        "--checkpoint",
+        best,
+        demo_dir / "metadata.csv",
+        "--out",
+        tmp_path / "p.csv",
+        "--workers",
+        0,
+    )
     assert r.returncode == 0, r.stderr
     predicted = pd.read_csv(tmp_path / "p.csv")
     assert list(predicted.columns) == ["image_name", "target", "label", "error"] and len(predicted) == 80
@@ -38,20 +47,41 @@ def test_cli_lists_unreadable_files_and_predicts_the_rest(trained_run, demo_dir,
         shutil.copy(demo_dir / name, folder / name)
     (folder / "ISIC_zero.jpg").write_bytes(b"")
     (folder / "ISIC_text.png").write_text("hello")
-    r = run_script("src/inference/predict.py", "--checkpoint", best, folder, "--out", tmp_path / "p.csv",
-                   "--workers", 0, "--tta", "--explain", tmp_path / "cams")
+    r = run_script(
+        "src/inference/predict.py",
+        "--checkpoint",
+        best,
+        folder,
+        "--out",
+        tmp_path / "p.csv",
+        "--workers",
+        0,
+        "--tta",
+        "--explain",
+        tmp_path / "cams",
+    )
     assert r.returncode == 0, r.stderr
     assert "2 images predicted, 2 unreadable" in r.stdout
     p = pd.read_csv(tmp_path / "p.csv", keep_default_na=False).set_index("image_name")
     assert p.loc["ISIC_zero", "error"] == "empty file (0 bytes)"
     assert p.loc["ISIC_text", "error"] == "not a readable image (JPEG or PNG expected)"
     assert 0 <= float(p.loc["ISIC_9000001", "target"]) <= 1 and p.loc["ISIC_9000001", "error"] == ""
-    assert sorted(f.name for f in (tmp_path / "cams").iterdir()) == ["ISIC_9000001_gradcam.png", "ISIC_9000002_gradcam.png"]
+    assert sorted(f.name for f in (tmp_path / "cams").iterdir()) == [
+        "ISIC_9000001_gradcam.png",
+        "ISIC_9000002_gradcam.png",
+    ]
 
 
 def test_cli_single_image_and_bad_checkpoint(trained_run, demo_dir, tmp_path):
     _, best = trained_run
-    r = run_script("src/inference/predict.py", "--checkpoint", best, demo_dir / "ISIC_9000003.jpg", "--out", tmp_path / "p.csv")
+    r = run_script(
+        "src/inference/predict.py",
+        "--checkpoint",
+        best,
+        demo_dir / "ISIC_9000003.jpg",
+        "--out",
+        tmp_path / "p.csv",
+    )
     assert r.returncode == 0 and len(pd.read_csv(tmp_path / "p.csv")) == 1
     r = run_script("src/inference/predict.py", "--checkpoint", tmp_path / "none.pth", demo_dir)
     assert r.returncode == 1 and "model file not found" in r.stderr
@@ -59,6 +89,7 @@ def test_cli_single_image_and_bad_checkpoint(trained_run, demo_dir, tmp_path):
 
 def test_grad_cam_overlay_has_the_input_size_and_is_not_constant(trained_run, demo_dir):
     from src.inference.gradcam import grad_cam, overlay_png
+
     _, best = trained_run
     model, ckpt = load_model(best)
     image = load_input(demo_dir / "ISIC_9000004.jpg", ckpt["img_size"])
@@ -75,7 +106,9 @@ def test_onnx_export_parity_and_int8_auc_on_demo_validation(demo_run, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "tolerance 0.0001" in r.stdout
     import pandas as pd
+
     from src.data.labels import load_labeled_images
+
     split = pd.read_csv(out_dir / "split.csv", dtype={"image_name": str})
     val = split[split.split == "val"]
     data = load_labeled_images(str(out_dir.parent / "demo" / "metadata.csv"), str(out_dir.parent / "demo"))
@@ -91,8 +124,16 @@ def test_onnx_export_parity_and_int8_auc_on_demo_validation(demo_run, tmp_path):
     assert abs(auc_fp32 - auc_int8) <= 0.005, (auc_fp32, auc_int8)
     assert fp32.img_size == 64 and int8.threshold == torch_model.threshold
     assert fp32.logits(x[:5], tta=True).shape == (5,)  # dynamic batch axis, and TTA on ONNX
-    r = run_script("src/inference/predict.py", "--checkpoint", tmp_path / "m_int8.onnx", out_dir.parent / "demo",
-                   "--out", tmp_path / "int8.csv", "--workers", 0)
+    r = run_script(
+        "src/inference/predict.py",
+        "--checkpoint",
+        tmp_path / "m_int8.onnx",
+        out_dir.parent / "demo",
+        "--out",
+        tmp_path / "int8.csv",
+        "--workers",
+        0,
+    )
     assert r.returncode == 0, r.stderr
     rows = pd.read_csv(tmp_path / "int8.csv", keep_default_na=False)
     assert len(rows) == 1200 and (rows["error"] == "").all() and rows["target"].between(0, 1).all()

@@ -1,9 +1,10 @@
 """Label parsing: every real format with the official counts, and every bad-data case with its message."""
+
 import textwrap
 
 import pytest
-
 from conftest import SHARED, needs_shared
+
 from src.data.metadata import MetadataError, detect_format, read_metadata, split_groups
 
 
@@ -14,8 +15,10 @@ def csv(tmp_path, text, name="labels.csv"):
 
 
 @needs_shared
-@pytest.mark.parametrize("name", ["ISIC_2020_Training_GroundTruth.csv", "ISIC_2020_Training_GroundTruth_v2.csv",
-                                  "kaggle_train.csv"])
+@pytest.mark.parametrize(
+    "name",
+    ["ISIC_2020_Training_GroundTruth.csv", "ISIC_2020_Training_GroundTruth_v2.csv", "kaggle_train.csv"],
+)
 def test_isic2020_real_counts(name):
     m = read_metadata(SHARED / "isic2020_csv" / name)
     t = m.table
@@ -34,7 +37,9 @@ def test_isic2020_v2_keeps_lesion_ids():
 @needs_shared
 def test_official_duplicates_are_removed():
     d = SHARED / "isic2020_csv"
-    m = read_metadata(d / "ISIC_2020_Training_GroundTruth.csv", duplicates_csv=d / "ISIC_2020_Training_Duplicates.csv")
+    m = read_metadata(
+        d / "ISIC_2020_Training_GroundTruth.csv", duplicates_csv=d / "ISIC_2020_Training_Duplicates.csv"
+    )
     assert len(m.table) == 33126 - 425 and m.dropped == {"official duplicate": 425}
 
 
@@ -42,7 +47,9 @@ def test_official_duplicates_are_removed():
 def test_kaggle_test_is_unlabeled():
     path = SHARED / "isic2020_csv" / "kaggle_test.csv"
     m = read_metadata(path, require_labels=False)
-    assert len(m.table) == 10982 and m.table.patient_id.nunique() == 690 and m.formats == ["isic2020_unlabeled"]
+    assert (
+        len(m.table) == 10982 and m.table.patient_id.nunique() == 690 and m.formats == ["isic2020_unlabeled"]
+    )
     assert (m.table.target == -1).all()
     with pytest.raises(MetadataError, match="has image_name but no 'target' column"):
         read_metadata(path)
@@ -53,26 +60,46 @@ def test_isic2019_real_counts_and_side_metadata():
     t = read_metadata(SHARED / "isic2019_csv" / "ISIC_2019_Training_GroundTruth.csv").table
     assert len(t) == 25331 and int(t.target.sum()) == 4522
     counts = t.diagnosis.value_counts().to_dict()
-    assert counts == {"NV": 12875, "MEL": 4522, "BCC": 3323, "BKL": 2624, "AK": 867, "SCC": 628,
-                      "VASC": 253, "DF": 239}
+    assert counts == {
+        "NV": 12875,
+        "MEL": 4522,
+        "BCC": 3323,
+        "BKL": 2624,
+        "AK": 867,
+        "SCC": 628,
+        "VASC": 253,
+        "DF": 239,
+    }
     # Ages, sites, sexes and lesion ids come from ISIC_2019_Training_Metadata.csv beside it.
     assert t.age_approx.notna().sum() > 24000 and (t.lesion_id != "").sum() > 20000
 
 
 @needs_shared
-@pytest.mark.parametrize("part,rows,mel,sk", [("Training", 2000, 374, 254), ("Validation", 150, 30, 42),
-                                             ("Test_v2", 600, 117, 90)])
+@pytest.mark.parametrize(
+    "part,rows,mel,sk", [("Training", 2000, 374, 254), ("Validation", 150, 30, 42), ("Test_v2", 600, 117, 90)]
+)
 def test_isic2017_real_counts(part, rows, mel, sk):
     t = read_metadata(SHARED / "isic2017_csv" / f"ISIC-2017_{part}_Part3_GroundTruth.csv").table
-    assert (len(t), int(t.target.sum()), int((t.diagnosis == "seborrheic keratosis").sum())) == (rows, mel, sk)
+    assert (len(t), int(t.target.sum()), int((t.diagnosis == "seborrheic keratosis").sum())) == (
+        rows,
+        mel,
+        sk,
+    )
 
 
 @needs_shared
 def test_ham10000_real_counts_and_lesion_groups():
     t = read_metadata(SHARED / "ham10000_csv" / "HAM10000_metadata.csv").table
     assert len(t) == 10015 and int(t.target.sum()) == 1113
-    assert t.diagnosis.value_counts().to_dict() == {"nv": 6705, "mel": 1113, "bkl": 1099, "bcc": 514,
-                                                    "akiec": 327, "vasc": 142, "df": 115}
+    assert t.diagnosis.value_counts().to_dict() == {
+        "nv": 6705,
+        "mel": 1113,
+        "bkl": 1099,
+        "bcc": 514,
+        "akiec": 327,
+        "vasc": 142,
+        "df": 115,
+    }
     assert len(set(split_groups(t))) == 7470  # no patient ids: images of one lesion stay together
 
 
@@ -93,21 +120,29 @@ def test_malignant_non_melanoma_policy_on_real_isic_cli():
 
 @needs_shared
 def test_combined_sources_drop_repeated_images():
-    m = read_metadata([SHARED / "ham10000_csv" / "HAM10000_metadata.csv",
-                       SHARED / "isic2019_csv" / "ISIC_2019_Training_GroundTruth.csv"])
+    m = read_metadata(
+        [
+            SHARED / "ham10000_csv" / "HAM10000_metadata.csv",
+            SHARED / "isic2019_csv" / "ISIC_2019_Training_GroundTruth.csv",
+        ]
+    )
     assert m.formats == ["ham10000", "isic2019"]
     assert m.table.image_name.is_unique and m.dropped["listed in an earlier file"] == 10015
 
 
 def test_current_archive_export_drops_indeterminate(tmp_path):
-    path = csv(tmp_path, """
+    path = csv(
+        tmp_path,
+        """
         isic_id,attribution,copyright_license,diagnosis_1,diagnosis_2,diagnosis_3,patient_id
         ISIC_1,a,CC-0,Malignant,Malignant melanocytic proliferations (Melanoma),"Melanoma Invasive",IP_1
         ISIC_2,a,CC-0,Benign,Benign melanocytic proliferations,Nevus,IP_1
         ISIC_3,a,CC-0,Indeterminate,,,IP_2
         ISIC_4,a,CC-0,,,,IP_2
         ISIC_5,a,CC-0,Malignant,Malignant epidermal proliferations,Basal cell carcinoma,IP_3
-        """, "metadata.csv")
+        """,
+        "metadata.csv",
+    )
     m = read_metadata(path)
     assert m.table.set_index("image_name").target.to_dict() == {"ISIC_1": 1, "ISIC_2": 0, "ISIC_5": 0}
     assert m.dropped == {"indeterminate or unlabeled": 2}
@@ -115,13 +150,16 @@ def test_current_archive_export_drops_indeterminate(tmp_path):
 
 
 def test_older_archive_export_with_benign_malignant(tmp_path):
-    path = csv(tmp_path, """
+    path = csv(
+        tmp_path,
+        """
         isic_id,attribution,copyright_license,benign_malignant,diagnosis
         ISIC_1,a,CC-0,malignant,melanoma
         ISIC_2,a,CC-0,benign,nevus
         ISIC_3,a,CC-0,indeterminate/benign,nevus
         ISIC_4,a,CC-0,malignant,basal cell carcinoma
-        """)
+        """,
+    )
     m = read_metadata(path, "drop")
     assert m.table.set_index("image_name").target.to_dict() == {"ISIC_1": 1, "ISIC_2": 0}
     assert m.dropped == {"indeterminate or unlabeled": 1, "malignant, not melanoma": 1}
@@ -139,27 +177,39 @@ def test_unknown_format_lists_known_formats_and_found_columns(tmp_path):
 
 def test_archive_without_diagnosis_column_is_a_missing_column_error(tmp_path):
     path = csv(tmp_path, "isic_id,attribution,copyright_license,sex\nISIC_1,a,CC-0,male\n")
-    with pytest.raises(MetadataError, match=r"looks like ISIC Archive metadata \(has isic_id\) but has no diagnosis"):
+    with pytest.raises(
+        MetadataError, match=r"looks like ISIC Archive metadata \(has isic_id\) but has no diagnosis"
+    ):
         read_metadata(path)
 
 
 def test_target_outside_0_1_names_values_and_lines(tmp_path):
-    path = csv(tmp_path, "image_name,patient_id,target\nISIC_1,P1,0\nISIC_2,P1,2\nISIC_3,P2,yes\nISIC_4,P2,1.0\n")
+    path = csv(
+        tmp_path, "image_name,patient_id,target\nISIC_1,P1,0\nISIC_2,P1,2\nISIC_3,P2,yes\nISIC_4,P2,1.0\n"
+    )
     with pytest.raises(MetadataError) as e:
         read_metadata(path)
-    assert str(e.value) == f"{path}: column 'target' must be 0 or 1, found ['2', 'yes'] in 2 rows (lines [3, 4])."
+    assert (
+        str(e.value)
+        == f"{path}: column 'target' must be 0 or 1, found ['2', 'yes'] in 2 rows (lines [3, 4])."
+    )
 
 
 def test_duplicate_image_ids(tmp_path):
     path = csv(tmp_path, "image_name,patient_id,target\nISIC_1,P1,0\nISIC_1,P1,0\nISIC_2,P2,1\n")
-    with pytest.raises(MetadataError, match=r"1 duplicate image ids, e.g. ISIC_1\. Each image must be listed once\."):
+    with pytest.raises(
+        MetadataError, match=r"1 duplicate image ids, e.g. ISIC_1\. Each image must be listed once\."
+    ):
         read_metadata(path)
 
 
-@pytest.mark.parametrize("content,message", [
-    ("", "Metadata file is empty"),
-    (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x80\x81\x82\xfe\xff", "not a readable CSV"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("", "Metadata file is empty"),
+        (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x80\x81\x82\xfe\xff", "not a readable CSV"),
+    ],
+)
 def test_empty_and_binary_files(tmp_path, content, message):
     path = tmp_path / "metadata.csv"
     path.write_bytes(content if isinstance(content, bytes) else content.encode())

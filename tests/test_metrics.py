@@ -1,4 +1,5 @@
-"""Every metric against scikit-learn (and the ISIC 2024 partial-AUC formula) on random, tied and separable scores."""
+"""Every metric against scikit-learn and the ISIC 2024 partial-AUC formula: random, tied, separable scores."""
+
 import numpy as np
 import pytest
 from sklearn import metrics as sk
@@ -23,8 +24,12 @@ def cases():
         y = (rng.random(n) < rng.uniform(0.02, 0.5)).astype(int)
         y[:2] = [0, 1]
         kind = ("random", "tied", "separable", "inverted")[i % 4]
-        s = {"random": rng.random(n), "tied": np.round(rng.random(n), 1),
-             "separable": y + 0.5 * rng.random(n), "inverted": 1 - y + 0.3 * rng.random(n)}[kind]
+        s = {
+            "random": rng.random(n),
+            "tied": np.round(rng.random(n), 1),
+            "separable": y + 0.5 * rng.random(n),
+            "inverted": 1 - y + 0.3 * rng.random(n),
+        }[kind]
         yield pytest.param(y, s, id=f"{kind}-{i}")
 
 
@@ -62,7 +67,7 @@ def test_operating_points():
     y = np.array([0] * 8 + [1] * 2)
     s = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.95, 0.8, 0.9])
     assert m.sensitivity_at_specificity(y, s, 0.875) == 1.0  # one false positive allowed
-    assert m.sensitivity_at_specificity(y, s, 1.0) == 0.0    # 0.95 benign outranks every melanoma
+    assert m.sensitivity_at_specificity(y, s, 1.0) == 0.0  # 0.95 benign outranks every melanoma
     assert m.specificity_at_sensitivity(y, s, 1.0) == 0.875
     thr = m.threshold_for_sensitivity(y, s, 0.9)
     assert thr == 0.8 and m.at_threshold(y, s, thr)["sensitivity"] == 1.0

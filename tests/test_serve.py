@@ -1,4 +1,5 @@
-"""The HTTP service as deployed: real uvicorn on 127.0.0.1, good images, every bad input, a bounded concurrent load."""
+"""The HTTP service as deployed: real uvicorn on 127.0.0.1, good images, every bad input, bounded load."""
+
 import io
 import os
 import re
@@ -12,9 +13,8 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import ROOT, gradient_image
+from PIL import Image
 from test_images import padded_jpeg
 
 
@@ -27,9 +27,13 @@ def free_port() -> int:
 def start_service(model_path, **env):
     """The documented command: python src/inference/serve.py."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "src/inference/serve.py", "--host", "127.0.0.1", "--port", str(port)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env={**os.environ, "MODEL_PATH": str(model_path), "THREADS": "2", **env})
+    proc = subprocess.Popen(
+        [sys.executable, "src/inference/serve.py", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "MODEL_PATH": str(model_path), "THREADS": "2", **env},
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
     while time.time() < deadline:
@@ -46,8 +50,9 @@ def start_service(model_path, **env):
 
 @pytest.fixture(scope="module")
 def service(trained_run):
-    proc, url = start_service(trained_run[1], MAX_UPLOAD_MB="1", MAX_PIXELS="2000000", HEADER_TIMEOUT_S="2",
-                              BODY_TIMEOUT_S="2")
+    proc, url = start_service(
+        trained_run[1], MAX_UPLOAD_MB="1", MAX_PIXELS="2000000", HEADER_TIMEOUT_S="2", BODY_TIMEOUT_S="2"
+    )
     yield url, proc
     proc.terminate()
     proc.wait(timeout=20)
@@ -99,19 +104,45 @@ BAD = [
     ("empty", lambda: b"", "image/jpeg", 400, "empty upload (0 bytes)"),
     ("not an image", lambda: b"<html>hello</html>" * 10, "image/jpeg", 400, "not a readable image"),
     ("truncated", truncated_jpeg, "image/jpeg", 400, "truncated JPEG"),
-    ("wrong type", lambda: encode(gradient_image()), "text/plain", 415, "unsupported content type 'text/plain'"),
+    (
+        "wrong type",
+        lambda: encode(gradient_image()),
+        "text/plain",
+        415,
+        "unsupported content type 'text/plain'",
+    ),
     ("too large", lambda: os.urandom(2 * 1024 * 1024), "image/jpeg", 413, "upload too large"),
-    ("pixel bomb", lambda: encode(np.zeros((1500, 1500, 3), np.uint8)), "image/jpeg", 413,
-     "image is 1500x1500 pixels, above the limit of 2,000,000"),
+    (
+        "pixel bomb",
+        lambda: encode(np.zeros((1500, 1500, 3), np.uint8)),
+        "image/jpeg",
+        413,
+        "image is 1500x1500 pixels, above the limit of 2,000,000",
+    ),
     # Each of these was decoded, or answered 500, before: found by attacking the service.
     ("bomb behind a 64 KiB segment", padded_jpeg, "image/jpeg", 413, "image is 20000x20000 pixels"),
     ("60000x60000 jpeg", lambda: padded_jpeg(60000, 60000), "image/jpeg", 413, "image is 60000x60000 pixels"),
-    ("webp sent as jpeg", lambda: encode(gradient_image(64, 64), ".webp"), "image/jpeg", 400,
-     "not a readable image (JPEG or PNG expected)"),
-    ("bmp 2,000,000 wide", lambda: b"BM" + bytes(16) + (2_000_000).to_bytes(4, "little") + (1).to_bytes(4, "little")
-     + bytes(28), "image/jpeg", 400, "not a readable image (JPEG or PNG expected)"),
-    ("10,000x1 png", lambda: encode(np.zeros((1, 10000, 3), np.uint8), ".png"), "image/png", 400,
-     "an aspect ratio above 10:1"),
+    (
+        "webp sent as jpeg",
+        lambda: encode(gradient_image(64, 64), ".webp"),
+        "image/jpeg",
+        400,
+        "not a readable image (JPEG or PNG expected)",
+    ),
+    (
+        "bmp 2,000,000 wide",
+        lambda: b"BM" + bytes(16) + (2_000_000).to_bytes(4, "little") + (1).to_bytes(4, "little") + bytes(28),
+        "image/jpeg",
+        400,
+        "not a readable image (JPEG or PNG expected)",
+    ),
+    (
+        "10,000x1 png",
+        lambda: encode(np.zeros((1, 10000, 3), np.uint8), ".png"),
+        "image/png",
+        400,
+        "an aspect ratio above 10:1",
+    ),
 ]
 
 
@@ -154,6 +185,7 @@ def test_bounded_concurrent_load(service):
 
     def one(i):
         return post(url, "/predict", images[i % 10]).status_code
+
     with ThreadPoolExecutor(max_workers=8) as pool:
         codes = list(pool.map(one, range(200)))
     assert codes == [200] * 200
@@ -162,6 +194,7 @@ def test_bounded_concurrent_load(service):
 
 def test_onnx_model_is_served_too(trained_run, demo_dir, tmp_path):
     from conftest import run_script
+
     _, best = trained_run
     onnx_path = tmp_path / "model.onnx"
     r = run_script("src/inference/export.py", "--checkpoint", best, "--out", onnx_path, "--images", demo_dir)
@@ -177,44 +210,63 @@ def test_onnx_model_is_served_too(trained_run, demo_dir, tmp_path):
         proc.terminate()
         proc.wait(timeout=20)
     from src.inference.predictor import Predictor
-    assert onnx_answer["probability"] == pytest.approx(Predictor(best).predict_bytes(data)["probability"], abs=1e-4)
+
+    assert onnx_answer["probability"] == pytest.approx(
+        Predictor(best).predict_bytes(data)["probability"], abs=1e-4
+    )
 
 
 def test_service_without_model_fails_at_start(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "uvicorn", "src.inference.serve:app", "--port", str(free_port())],
-                       cwd=ROOT, capture_output=True, text=True, timeout=60,
-                       env={**os.environ, "MODEL_PATH": str(tmp_path / "missing.pth")})
+    r = subprocess.run(
+        [sys.executable, "-m", "uvicorn", "src.inference.serve:app", "--port", str(free_port())],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "MODEL_PATH": str(tmp_path / "missing.pth")},
+    )
     assert r.returncode != 0 and f"error: model file not found: {tmp_path / 'missing.pth'}" in r.stderr
     assert "Traceback" not in r.stderr, r.stderr  # one clear line, not a stack dump
 
 
 def test_service_without_model_fails_at_start_under_the_documented_command(tmp_path):
-    r = subprocess.run([sys.executable, "src/inference/serve.py", "--port", str(free_port())], cwd=ROOT,
-                       capture_output=True, text=True, timeout=60, env={**os.environ, "MODEL_PATH": str(tmp_path / "x.pth")})
+    r = subprocess.run(
+        [sys.executable, "src/inference/serve.py", "--port", str(free_port())],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "MODEL_PATH": str(tmp_path / "x.pth")},
+    )
     assert r.returncode == 3 and f"error: model file not found: {tmp_path / 'x.pth'}" in r.stderr
     assert "Traceback" not in r.stderr, r.stderr
 
 
 def damaged_checkpoint(trained_run, tmp_path, field, value):
     import torch
+
     ckpt = torch.load(trained_run[1], weights_only=True)
     ckpt[field] = value
     torch.save(ckpt, tmp_path / f"bad_{field}.pth")
     return tmp_path / f"bad_{field}.pth"
 
 
-@pytest.mark.parametrize("field,value,message", [
-    ("arch", "vgg16", "arch 'vgg16' is not one of"),
-    ("img_size", "abc", "img_size 'abc' is not a whole number of pixels"),
-    ("img_size", 0, "img_size 0 is not a whole number of pixels"),
-    ("std", [0.2, 0.2], "std [0.2, 0.2] is not 3 numbers"),
-    ("mean", [0.5, 0.5, "x"], "mean [0.5, 0.5, 'x'] is not 3 numbers"),
-    ("threshold", "high", "threshold 'high' is not a probability"),
-    ("temperature", -1.0, "temperature -1.0 is not a positive number"),
-])
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("arch", "vgg16", "arch 'vgg16' is not one of"),
+        ("img_size", "abc", "img_size 'abc' is not a whole number of pixels"),
+        ("img_size", 0, "img_size 0 is not a whole number of pixels"),
+        ("std", [0.2, 0.2], "std [0.2, 0.2] is not 3 numbers"),
+        ("mean", [0.5, 0.5, "x"], "mean [0.5, 0.5, 'x'] is not 3 numbers"),
+        ("threshold", "high", "threshold 'high' is not a probability"),
+        ("temperature", -1.0, "temperature -1.0 is not a positive number"),
+    ],
+)
 def test_every_checkpoint_field_is_validated(trained_run, tmp_path, field, value, message):
     from src.inference.predictor import Predictor
     from src.training.checkpoint import CheckpointError
+
     with pytest.raises(CheckpointError, match=re.escape(message)):
         Predictor(damaged_checkpoint(trained_run, tmp_path, field, value))
 
@@ -223,17 +275,27 @@ def test_every_checkpoint_field_is_validated(trained_run, tmp_path, field, value
 def test_a_bad_checkpoint_stops_start_up_with_one_line(trained_run, tmp_path, field, value):
     # It used to start, answer /health with 200 "ok", and every other endpoint with 500.
     bad = damaged_checkpoint(trained_run, tmp_path, field, value)
-    r = subprocess.run([sys.executable, "-m", "uvicorn", "src.inference.serve:app", "--port", str(free_port())],
-                       cwd=ROOT, capture_output=True, text=True, timeout=60, env={**os.environ, "MODEL_PATH": str(bad)})
+    r = subprocess.run(
+        [sys.executable, "-m", "uvicorn", "src.inference.serve:app", "--port", str(free_port())],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "MODEL_PATH": str(bad)},
+    )
     assert r.returncode != 0 and f"error: {bad} has invalid settings: {field}" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
 
 
 def test_a_bad_checkpoint_stops_every_command_with_one_line(trained_run, tmp_path):
     from conftest import run_script
+
     bad = damaged_checkpoint(trained_run, tmp_path, "arch", "vgg16")
-    for command in (["src/inference/predict.py", "--checkpoint", bad, trained_run[0] / "split.csv"],
-                    ["src/training/evaluate.py", "--checkpoint", bad], ["src/inference/export.py", "--checkpoint", bad]):
+    for command in (
+        ["src/inference/predict.py", "--checkpoint", bad, trained_run[0] / "split.csv"],
+        ["src/training/evaluate.py", "--checkpoint", bad],
+        ["src/inference/export.py", "--checkpoint", bad],
+    ):
         r = run_script(*command)
         assert r.returncode == 1 and "arch 'vgg16' is not one of" in r.stderr, (command, r.stderr)
         assert "Traceback" not in r.stderr
@@ -256,8 +318,10 @@ def raw_request(url, data: bytes, wait: float):
 def test_chunked_upload_is_refused_as_soon_as_it_passes_the_limit(service):
     # No Content-Length: the bytes are counted as they arrive, and the answer comes before the body ends.
     url, proc = service
-    head = (b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
-            b"Content-Type: multipart/form-data; boundary=b\r\n\r\n")
+    head = (
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"Content-Type: multipart/form-data; boundary=b\r\n\r\n"
+    )
     part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.jpg"\r\n\r\n' + bytes(1_200_000)
     chunk = f"{len(part):x}\r\n".encode() + part + b"\r\n"  # over the 1 MB limit, and never finished
     answer = raw_request(url, head + chunk, wait=10)
@@ -270,8 +334,12 @@ def test_slow_clients_are_disconnected(service):
     start = time.time()
     assert raw_request(url, b"POST /predict HTTP/1.1\r\nHost: x\r\n", wait=15) == b""  # headers never end
     assert time.time() - start < 10
-    answer = raw_request(url, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n"
-                              b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n", wait=15)
+    answer = raw_request(
+        url,
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n"
+        b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n",
+        wait=15,
+    )
     assert answer is not None and answer.startswith(b"HTTP/1.1 408"), answer
 
 
@@ -283,11 +351,13 @@ def test_explain_memory_stays_flat(trained_run):
 
     from src.inference.gradcam import grad_cam
     from src.training.model import MelanomaNet
+
     model, image = MelanomaNet("resnet18").eval(), torch.randint(0, 255, (3, 32, 32), dtype=torch.uint8)
 
     def live_tensors():
         gc.collect()
         return sum(isinstance(o, torch.Tensor) for o in gc.get_objects())
+
     for _ in range(5):
         grad_cam(model, image)
     before = live_tensors()

@@ -1,12 +1,20 @@
 """Splits: no patient on both sides, melanoma rate kept, deterministic, written and read back."""
+
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import SHARED, needs_shared
+
 from src.data.metadata import read_metadata
-from src.data.splits import (SplitError, assign_folds, check_no_leak, make_split, read_split,
-                             split_summary, write_split)
+from src.data.splits import (
+    SplitError,
+    assign_folds,
+    check_no_leak,
+    make_split,
+    read_split,
+    split_summary,
+    write_split,
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +46,14 @@ def test_real_2020_split_deterministic_for_seed(isic2020):
 
 def test_patients_never_cross_and_lesions_group_when_no_patient_ids():
     rng = np.random.default_rng(0)
-    table = pd.DataFrame({"image_name": [f"I{i}" for i in range(300)], "target": rng.random(300) < 0.2,
-                          "patient_id": "", "lesion_id": [f"L{i // 3}" for i in range(300)]})
+    table = pd.DataFrame(
+        {
+            "image_name": [f"I{i}" for i in range(300)],
+            "target": rng.random(300) < 0.2,
+            "patient_id": "",
+            "lesion_id": [f"L{i // 3}" for i in range(300)],
+        }
+    )
     table["target"] = table.target.astype(int)
     split = make_split(table, 0.25, 1, 0)
     lesion_sides = split.groupby(table.lesion_id)["split"].nunique()
@@ -48,7 +62,9 @@ def test_patients_never_cross_and_lesions_group_when_no_patient_ids():
 
 
 def test_bad_settings():
-    table = pd.DataFrame({"image_name": ["a", "b"], "target": [0, 1], "patient_id": ["p", "q"], "lesion_id": ""})
+    table = pd.DataFrame(
+        {"image_name": ["a", "b"], "target": [0, 1], "patient_id": ["p", "q"], "lesion_id": ""}
+    )
     with pytest.raises(SplitError, match="VAL_FRACTION must be between 0 and 1"):
         make_split(table, 1.5, 0, 0)
     with pytest.raises(SplitError, match="FOLD must be in 0..4"):
@@ -58,24 +74,41 @@ def test_bad_settings():
 
 
 def test_split_file_round_trip(tmp_path):
-    table = pd.DataFrame({"image_name": [f"ISIC_{i:07d}" for i in range(40)], "target": [i % 5 == 0 for i in range(40)],
-                          "patient_id": [f"IP_{i // 4}" for i in range(40)], "lesion_id": ""})
+    table = pd.DataFrame(
+        {
+            "image_name": [f"ISIC_{i:07d}" for i in range(40)],
+            "target": [i % 5 == 0 for i in range(40)],
+            "patient_id": [f"IP_{i // 4}" for i in range(40)],
+            "lesion_id": "",
+        }
+    )
     table["target"] = table.target.astype(int)
     split = make_split(table, 0.2, 0, 3)
     write_split(split, tmp_path / "split.csv")
     back = read_split(tmp_path / "split.csv")
-    assert back.image_name.tolist() == split.image_name.tolist() and back.split.tolist() == split.split.tolist()
+    assert (
+        back.image_name.tolist() == split.image_name.tolist() and back.split.tolist() == split.split.tolist()
+    )
     assert back.image_name[0] == "ISIC_0000000"  # ids stay text, zeros kept
     assert split_summary(back)["groups_in_both"] == 0
 
 
 def test_groups_say_what_they_are_and_old_split_files_still_read(tmp_path):
-    table = pd.DataFrame({"image_name": ["a", "b", "c"], "target": [0, 1, 0], "patient_id": ["IP_1", "", ""],
-                          "lesion_id": ["", "IL_2", ""]})
+    table = pd.DataFrame(
+        {
+            "image_name": ["a", "b", "c"],
+            "target": [0, 1, 0],
+            "patient_id": ["IP_1", "", ""],
+            "lesion_id": ["", "IL_2", ""],
+        }
+    )
     split = make_split(table, 0.5, 0, 0)
     assert split["group"].tolist() == ["IP_1", "lesion:IL_2", "image:c"]
     assert split["group_kind"].tolist() == ["patient", "lesion", "image"]
     old = split.rename(columns={"group": "patient_id"}).drop(columns="group_kind")  # a split.csv from before
     old.to_csv(tmp_path / "split.csv", index=False)
     back = read_split(tmp_path / "split.csv")
-    assert back["group"].tolist() == split["group"].tolist() and back["group_kind"].tolist() == split["group_kind"].tolist()
+    assert (
+        back["group"].tolist() == split["group"].tolist()
+        and back["group_kind"].tolist() == split["group_kind"].tolist()
+    )

@@ -1,4 +1,5 @@
 """train.py as a user runs it: outputs, resume after a kill, NaN stop, Ctrl-C, guards, and 2-process DDP."""
+
 import json
 import os
 import signal
@@ -9,13 +10,26 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from conftest import ROOT, run_script, tiny_train_args
+
 from src.training.checkpoint import load_checkpoint, load_model, save_checkpoint
 
-EPOCH_KEYS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "val_sensitivity",
-              "val_specificity", "val_pauc", "lr", "seconds", "train_images_per_s", "skipped_files",
-              "skipped_examples"}
+EPOCH_KEYS = {
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "val_auc",
+    "val_sensitivity",
+    "val_specificity",
+    "val_pauc",
+    "lr",
+    "seconds",
+    "train_images_per_s",
+    "skipped_files",
+    "skipped_examples",
+}
 TIMING_KEYS = {"seconds", "train_images_per_s"}
 
 
@@ -48,6 +62,7 @@ def test_tiny_run_writes_checkpoints_history_and_split(demo_dir, tmp_path):
 
 def test_unreadable_image_is_skipped_and_counted(demo_dir, tmp_path):
     import shutil
+
     data = tmp_path / "data"
     shutil.copytree(demo_dir, data)
     (data / "ISIC_9000005.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
@@ -70,8 +85,13 @@ def wait_for_epochs(out, n, proc, timeout=120):
 
 
 def start(args):
-    return subprocess.Popen([sys.executable, str(ROOT / args[0]), *args[1:]], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / args[0]), *args[1:]],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_killed_run_resumes_to_the_same_history(demo_dir, tmp_path):
@@ -87,7 +107,7 @@ def test_killed_run_resumes_to_the_same_history(demo_dir, tmp_path):
     assert f"Resuming after epoch {done_before} of 3" in r.stdout
     a, b = history(full)["epochs"], history(killed)["epochs"]
     assert len(a) == len(b) == 3
-    for ea, eb in zip(a, b):
+    for ea, eb in zip(a, b, strict=True):
         for key in EPOCH_KEYS - TIMING_KEYS:
             assert ea[key] == pytest.approx(eb[key], rel=1e-6, abs=1e-9), (ea["epoch"], key)
 
@@ -106,7 +126,10 @@ def test_nan_after_a_good_epoch_keeps_the_last_good_checkpoint(demo_dir, tmp_pat
     ckpt = load_checkpoint(out / "last.pth")
     ckpt["model_state"]["backbone.fc.weight"].fill_(float("nan"))
     save_checkpoint(ckpt, out / "last.pth")
-    outputs = lambda: {p.name: p.read_bytes() for p in out.iterdir() if p.name != "run.lock"}  # noqa: E731
+
+    def outputs():
+        return {p.name: p.read_bytes() for p in out.iterdir() if p.name != "run.lock"}
+
     before = outputs()
     r = run_script(*tiny_args(demo_dir, out, 2, "--RESUME=True"))
     assert r.returncode == 1 and "the training loss became nan in epoch 2" in r.stderr
@@ -149,18 +172,33 @@ def test_bad_override_lists_valid_names(tmp_path):
 def test_two_process_gloo_run_matches_single_process_evaluation(demo_dir, tmp_path):
     out = tmp_path / "ddp"
     args = tiny_args(demo_dir, out, 2, "--BATCH_SIZE=8")
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        str(ROOT / args[0]), *args[1:]], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(ROOT / args[0]),
+            *args[1:],
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "processes: 2" in r.stdout and r.stdout.count("Epoch 2/2") == 1  # rank 0 alone prints
     h = history(out)
     # The validation AUC in the history covers the whole validation set (both ranks' shares):
     # recompute it in one process from the saved checkpoint and split.
+    import pandas as pd
+
     from src.data.loader import ImageDataset, make_loader
     from src.training.engine import Runtime, predict
     from src.training.metrics import roc_auc
-    import pandas as pd
+
     model, ckpt = load_model(out / h["best_checkpoint"])
     split = pd.read_csv(out / "split.csv", dtype={"image_name": str})
     val = split[split.split == "val"]
@@ -170,15 +208,23 @@ def test_two_process_gloo_run_matches_single_process_evaluation(demo_dir, tmp_pa
     assert roc_auc(pred["targets"], pred["logits"]) == pytest.approx(h["best_val_auc"], abs=1e-6)
 
 
-@pytest.mark.parametrize("setting,message", [
-    ("--BATCH_SIZE=0", "BATCH_SIZE must be at least 1"), ("--IMG_SIZE=0", "IMG_SIZE must be in 32..2048"),
-    ("--ARCH=vgg16", "ARCH must be one of"), ("--IMBALANCE=bogus", "IMBALANCE must be one of"),
-    ("--NUM_EPOCHS=0", "NUM_EPOCHS must be at least 1"), ("--NUM_EPOCHS=-1", "NUM_EPOCHS must be at least 1"),
-    ("--FOLD=5", "FOLD must be in 0..4"), ("--MALIGNANT_NON_MELANOMA=yes", "MALIGNANT_NON_MELANOMA must be one of"),
-])
+@pytest.mark.parametrize(
+    "setting,message",
+    [
+        ("--BATCH_SIZE=0", "BATCH_SIZE must be at least 1"),
+        ("--IMG_SIZE=0", "IMG_SIZE must be in 32..2048"),
+        ("--ARCH=vgg16", "ARCH must be one of"),
+        ("--IMBALANCE=bogus", "IMBALANCE must be one of"),
+        ("--NUM_EPOCHS=0", "NUM_EPOCHS must be at least 1"),
+        ("--NUM_EPOCHS=-1", "NUM_EPOCHS must be at least 1"),
+        ("--FOLD=5", "FOLD must be in 0..4"),
+        ("--MALIGNANT_NON_MELANOMA=yes", "MALIGNANT_NON_MELANOMA must be one of"),
+    ],
+)
 def test_bad_settings_stop_before_any_work(demo_dir, tmp_path, capsys, setting, message):
     # They used to fail after loading data and writing split.csv, or (NUM_EPOCHS<=0) exit 0.
     from src.training import train
+
     out = tmp_path / "run"
     assert train.main(tiny_args(demo_dir, out, 1, setting)[1:]) == 2
     assert message in capsys.readouterr().err and not out.exists()
@@ -186,6 +232,7 @@ def test_bad_settings_stop_before_any_work(demo_dir, tmp_path, capsys, setting, 
 
 def test_a_second_run_into_the_same_folder_is_refused_while_the_first_holds_it(demo_dir, tmp_path):
     from src.training.run import RunDir, RunExists
+
     out = tmp_path / "run"
     config = SimpleNamespace(RESUME=False, OVERWRITE=False)
     first = RunDir(out, config)  # as a running train.py holds it
@@ -200,6 +247,7 @@ def test_a_second_run_into_the_same_folder_is_refused_while_the_first_holds_it(d
 
 def test_evaluation_refuses_a_split_that_is_not_the_checkpoints(trained_run, tmp_path):
     import shutil
+
     out = tmp_path / "run"
     shutil.copytree(trained_run[0], out)
     best = out / trained_run[1].name
@@ -209,11 +257,13 @@ def test_evaluation_refuses_a_split_that_is_not_the_checkpoints(trained_run, tmp
     assert r.returncode == 1 and "is not the split this model was trained with" in r.stderr, r.stderr
 
 
-def test_a_full_disk_stops_training_with_a_message_and_keeps_the_last_good_checkpoint(demo_dir, tmp_path,
-                                                                                         monkeypatch, capsys):
+def test_a_full_disk_stops_training_with_a_message_and_keeps_the_last_good_checkpoint(
+    demo_dir, tmp_path, monkeypatch, capsys
+):
     import errno
 
     from src.training import train
+
     real_save = torch.save
 
     def save_until_the_disk_fills(obj, f, *args, **kwargs):
@@ -221,11 +271,15 @@ def test_a_full_disk_stops_training_with_a_message_and_keeps_the_last_good_check
             real_save(obj, f, *args, **kwargs)  # half a file is on disk when the error comes
             raise OSError(errno.ENOSPC, "No space left on device", str(f))
         return real_save(obj, f, *args, **kwargs)
+
     monkeypatch.setattr(torch, "save", save_until_the_disk_fills)
     out = tmp_path / "run"
     assert train.main(tiny_args(demo_dir, out, 2)[1:]) == 1
     err = capsys.readouterr().err
-    assert "error: No space left on device" in err and f"the last good checkpoint, {out / 'last.pth'}, is intact" in err
+    assert (
+        "error: No space left on device" in err
+        and f"the last good checkpoint, {out / 'last.pth'}, is intact" in err
+    )
     assert load_checkpoint(out / "last.pth")["epoch"] == 1 and not list(out.glob(".*.tmp"))
 
 
@@ -243,6 +297,7 @@ def test_exactly_the_settings_block_is_listed_and_overridable():
 
     from src.training import train
     from src.training.config import ConfigError, apply_overrides
+
     source = (ROOT / "src" / "training" / "train.py").read_text()
     block = source.split("# " + "-" * 93 + " settings")[1].split("end settings")[0]
     names = re.findall(r"^([A-Z][A-Z0-9_]*) = ", block, flags=re.M)
@@ -252,8 +307,9 @@ def test_exactly_the_settings_block_is_listed_and_overridable():
         assert f"--{name}=" in help_text
         value = train.DEFAULTS[name]
         text = {bool: "False", int: "3", float: "0.5", str: "x"}[type(value)]
-        assert apply_overrides(train.DEFAULTS, [f"--{name}={text}"])[name] == type(value)(text == "True" if
-                                                                                          type(value) is bool else text)
+        assert apply_overrides(train.DEFAULTS, [f"--{name}={text}"])[name] == type(value)(
+            text == "True" if type(value) is bool else text
+        )
     for other in ("DEMO_IMAGES", "DEMO_PRESET", "DEFAULTS", "LOG_EVERY", "_NAMES_BEFORE_SETTINGS"):
         with pytest.raises(ConfigError, match=f"unknown setting '{other}'"):
             apply_overrides(train.DEFAULTS, [f"--{other}=1"])

@@ -1,8 +1,9 @@
 """The one preprocessing path, augmentation, the dataset's bad-file handling and the sampler."""
+
 import numpy as np
 import torch
-
 from conftest import gradient_image, write_jpeg
+
 from src.data.loader import EpochSampler, ImageDataset, make_loader
 from src.data.transforms import augment_batch, load_input, load_input_bytes, preprocess
 
@@ -29,7 +30,10 @@ def test_augment_shape_range_determinism_and_colour_kept():
     assert a.min() >= 0 and a.max() <= 255 and (a - x).abs().mean() > 5  # it does change images
     # Medical-safe colour: the mean colour moves by a few percent at most; no grayscale.
     assert torch.allclose(a.mean((0, 2, 3)), x.mean((0, 2, 3)), rtol=0.15)
-    chroma = lambda t: (t - t.mean(1, keepdim=True)).abs().mean()
+
+    def chroma(t):
+        return (t - t.mean(1, keepdim=True)).abs().mean()
+
     assert chroma(a) > 0.8 * chroma(x)
 
 

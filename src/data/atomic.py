@@ -1,4 +1,5 @@
 """Write files so that a crash never leaves a half-written one: temporary file, then os.replace."""
+
 from __future__ import annotations
 
 import json

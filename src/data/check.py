@@ -18,47 +18,70 @@ from pathlib import Path
 if __name__ == "__main__":  # run as a script: make `src` importable from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from src.data.labels import DEFAULT_IMAGES, DEFAULT_METADATA, DataError, LabeledImages, find_unreadable, load_labeled_images
+from src.data.labels import (
+    DEFAULT_IMAGES,
+    DEFAULT_METADATA,
+    DataError,
+    LabeledImages,
+    find_unreadable,
+    load_labeled_images,
+)
 from src.data.metadata import MALIGNANT_POLICIES
 from src.data.splits import SplitError, grouping_description, make_split, split_summary
 
 
-def dataset_report(data: LabeledImages, val_fraction: float, fold: int, seed: int,
-                   decode: bool = False) -> dict:
+def dataset_report(
+    data: LabeledImages, val_fraction: float, fold: int, seed: int, decode: bool = False
+) -> dict:
     table = data.table
     unreadable = find_unreadable(table["path"], decode)
     split = make_split(table, val_fraction, fold, seed)
     return {
-        "metadata": [str(p) for p in data.metadata_paths], "formats": data.metadata.formats,
-        "rows": int(len(table)), "melanoma": int(table["target"].sum()),
+        "metadata": [str(p) for p in data.metadata_paths],
+        "formats": data.metadata.formats,
+        "rows": int(len(table)),
+        "melanoma": int(table["target"].sum()),
         "melanoma_rate": round(float(table["target"].mean()), 5),
         "patients": int(table.loc[table["patient_id"] != "", "patient_id"].nunique()),
-        "split_groups": int(split["group"].nunique()), "grouping": grouping_description(split),
-        "dropped": data.metadata.dropped, "missing_images": len(data.missing),
+        "split_groups": int(split["group"].nunique()),
+        "grouping": grouping_description(split),
+        "dropped": data.metadata.dropped,
+        "missing_images": len(data.missing),
         "unreadable": [{"path": p, "reason": r} for p, r in unreadable.items()],
-        "cache": data.cache_dir, "from_cache": data.from_cache, "split": split_summary(split),
+        "cache": data.cache_dir,
+        "from_cache": data.from_cache,
+        "split": split_summary(split),
     }
 
 
 def print_report(report: dict) -> None:
     print(f"metadata:      {', '.join(report['metadata'])} (format: {', '.join(report['formats'])})")
-    patients = f"{report['patients']:,}" if report["patients"] else \
-        f"none listed (split by lesion, else image: {report['split_groups']:,} groups)"
-    print(f"images:        {report['rows']:,}   melanoma: {report['melanoma']:,} "
-          f"({100 * report['melanoma_rate']:.2f}%)   patients: {patients}")
+    patients = (
+        f"{report['patients']:,}"
+        if report["patients"]
+        else f"none listed (split by lesion, else image: {report['split_groups']:,} groups)"
+    )
+    print(
+        f"images:        {report['rows']:,}   melanoma: {report['melanoma']:,} "
+        f"({100 * report['melanoma_rate']:.2f}%)   patients: {patients}"
+    )
     for reason, n in report["dropped"].items():
         print(f"dropped:       {n:,} rows ({reason})")
     print(f"missing files: {report['missing_images']}   unreadable files: {len(report['unreadable'])}")
     for item in report["unreadable"][:10]:
         print(f"  {item['path']}: {item['reason']}")
     if report["cache"]:
-        print(f"cache:         {report['cache']} ({report['from_cache']:,} of {report['rows']:,} images; "
-              f"the rest are read from the originals)")
+        print(
+            f"cache:         {report['cache']} ({report['from_cache']:,} of {report['rows']:,} images; "
+            f"the rest are read from the originals)"
+        )
     unit = "patients" if report["split"]["group_kinds"] == ["patient"] else "groups"
     for name in ("train", "val"):
         s = report["split"].get(name, {})
-        print(f"{name + ':':<15}{s.get('images', 0):,} images, {s.get('melanoma', 0):,} melanoma "
-              f"({100 * s.get('melanoma_rate', 0):.2f}%), {s.get('groups', 0):,} {unit}")
+        print(
+            f"{name + ':':<15}{s.get('images', 0):,} images, {s.get('melanoma', 0):,} melanoma "
+            f"({100 * s.get('melanoma_rate', 0):.2f}%), {s.get('groups', 0):,} {unit}"
+        )
     leak = report["split"]["groups_in_both"]
     if leak:
         print(f"leak check:    {leak} {unit} in both splits!")
@@ -82,17 +105,23 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     try:
-        data = load_labeled_images(args.metadata, args.images, duplicates_csv=args.duplicates,
-                                   malignant_non_melanoma=args.malignant_non_melanoma,
-                                   skip_missing=args.skip_missing)
+        data = load_labeled_images(
+            args.metadata,
+            args.images,
+            duplicates_csv=args.duplicates,
+            malignant_non_melanoma=args.malignant_non_melanoma,
+            skip_missing=args.skip_missing,
+        )
         report = dataset_report(data, args.val_fraction, args.fold, args.seed, args.decode)
     except (DataError, SplitError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(json.dumps(report, indent=2)) if args.json else print_report(report)
     if report["unreadable"]:
-        print(f"error: {len(report['unreadable'])} unreadable image files (training would skip them)",
-              file=sys.stderr)
+        print(
+            f"error: {len(report['unreadable'])} unreadable image files (training would skip them)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -5,6 +5,7 @@ away in a resize is the slowest step of training, so JPEGs are decoded in the DC
 or 1/8 scale (OpenCV's IMREAD_REDUCED_COLOR_*), picking the largest reduction that still leaves the
 short side at least as large as needed, and then resized to the exact size.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,8 +16,11 @@ import cv2
 import numpy as np
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-REDUCED_FLAGS = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
-                 (2, cv2.IMREAD_REDUCED_COLOR_2))
+REDUCED_FLAGS = (
+    (8, cv2.IMREAD_REDUCED_COLOR_8),
+    (4, cv2.IMREAD_REDUCED_COLOR_4),
+    (2, cv2.IMREAD_REDUCED_COLOR_2),
+)
 # JPEG start-of-frame markers carry the image size (baseline, extended, progressive, lossless...).
 SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -94,14 +98,14 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
             continue
         marker = data[pos + 1]
         if marker in SOF_MARKERS:
-            height, width = struct.unpack(">HH", data[pos + 5:pos + 9])
+            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
             return width, height
         if marker in (0xDA, 0xD9):  # scan data or end of image before any frame header
             return None
         if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
             pos += 2 if marker != 0xFF else 1
             continue
-        pos += 2 + struct.unpack(">H", data[pos + 2:pos + 4])[0]
+        pos += 2 + struct.unpack(">H", data[pos + 2 : pos + 4])[0]
     return None
 
 
@@ -128,9 +132,11 @@ def check_header(data: bytes, name: str = "image", max_pixels: int | None = None
     if width * height > limit:
         raise ImageTooLarge(f"{name}: image is {width}x{height} pixels, above the limit of {limit:,}")
     if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
-        raise ImageDecodeError(f"{name}: image is {width}x{height} pixels, an aspect ratio above "
-                               f"{MAX_ASPECT_RATIO:g}:1 (resizing its short side would take far more memory "
-                               f"than the image is worth)")
+        raise ImageDecodeError(
+            f"{name}: image is {width}x{height} pixels, an aspect ratio above "
+            f"{MAX_ASPECT_RATIO:g}:1 (resizing its short side would take far more memory "
+            f"than the image is worth)"
+        )
     return width, height
 
 
@@ -180,7 +186,9 @@ def decode_bytes(data: bytes, min_short_side: int | None = None, name: str = "im
         if jpeg_is_truncated(data):
             raise ImageDecodeError(f"{name}: truncated JPEG (no end-of-image marker)")
         if min_short_side:
-            flag = dict(REDUCED_FLAGS).get(reduction_for(min(width, height), min_short_side), cv2.IMREAD_COLOR)
+            flag = dict(REDUCED_FLAGS).get(
+                reduction_for(min(width, height), min_short_side), cv2.IMREAD_COLOR
+            )
     try:
         image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
         if image is None or image.size == 0:

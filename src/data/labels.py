@@ -4,6 +4,7 @@ with a prepared cache preferred where it exists, and a clear message for whateve
 `load_labeled_images` is what training and evaluation call; `python src/data/check.py` reports on
 the same table before training.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,12 +39,12 @@ class DataError(Exception):
 
 @dataclass
 class LabeledImages:
-    table: pd.DataFrame                  # metadata COLUMNS + "path"
+    table: pd.DataFrame  # metadata COLUMNS + "path"
     metadata: Metadata
     metadata_paths: list[Path]
     missing: list[str] = field(default_factory=list)
-    cache_dir: str | None = None         # the prepared cache in use, if any
-    from_cache: int = 0                  # rows read from that cache; the rest come from the originals
+    cache_dir: str | None = None  # the prepared cache in use, if any
+    from_cache: int = 0  # rows read from that cache; the rest come from the originals
 
 
 def find_metadata(metadata_csv: str, images_dir: str) -> list[Path]:
@@ -57,8 +58,9 @@ def find_metadata(metadata_csv: str, images_dir: str) -> list[Path]:
     absent = [str(p) for p in paths if not p.is_file()]
     if not Path(images_dir).is_dir() and (not paths or paths == [Path(DEFAULT_METADATA)]):
         raise DataError(NO_DATA_HELP.format(metadata=metadata_csv, images=images_dir))
-    raise DataError(f"Metadata file not found: {', '.join(absent) or metadata_csv} "
-                    f"(also looked for {inside}).")
+    raise DataError(
+        f"Metadata file not found: {', '.join(absent) or metadata_csv} (also looked for {inside})."
+    )
 
 
 def image_index(images_dir: str, cache_dir: str | None, img_size: int | None) -> tuple[dict, str | None, set]:
@@ -81,16 +83,25 @@ def usable_cache(cache_dir: str | None, img_size: int | None) -> str | None:
         return None
     size = json.loads(info.read_text()).get("size", 0)
     if img_size and size < img_size:
-        print(f"warning: cache {cache_dir} holds {size} px images, smaller than IMG_SIZE={img_size}; "
-              f"reading the originals instead", file=sys.stderr)
+        print(
+            f"warning: cache {cache_dir} holds {size} px images, smaller than IMG_SIZE={img_size}; "
+            f"reading the originals instead",
+            file=sys.stderr,
+        )
         return None
     return str(cache_dir)
 
 
-def load_labeled_images(metadata_csv: str = DEFAULT_METADATA, images_dir: str = DEFAULT_IMAGES,
-                        img_size: int | None = None, cache_dir: str | None = None,
-                        duplicates_csv: str | None = None, malignant_non_melanoma: str = "negative",
-                        skip_missing: bool = False, require_labels: bool = True) -> LabeledImages:
+def load_labeled_images(
+    metadata_csv: str = DEFAULT_METADATA,
+    images_dir: str = DEFAULT_IMAGES,
+    img_size: int | None = None,
+    cache_dir: str | None = None,
+    duplicates_csv: str | None = None,
+    malignant_non_melanoma: str = "negative",
+    skip_missing: bool = False,
+    require_labels: bool = True,
+) -> LabeledImages:
     """Read labels, find every image, and fail clearly (or skip, if asked) on missing ones."""
     paths = find_metadata(metadata_csv, images_dir)
     try:
@@ -102,9 +113,11 @@ def load_labeled_images(metadata_csv: str = DEFAULT_METADATA, images_dir: str = 
     table["path"] = table["image_name"].map(index)
     missing = table.loc[table["path"].isna(), "image_name"].tolist()
     if missing and not skip_missing:
-        raise DataError(missing_message(missing, len(table), images_dir) +
-                        "\nFix the folder, or skip them: train.py --SKIP_MISSING=True "
-                        "(check.py --skip-missing).")
+        raise DataError(
+            missing_message(missing, len(table), images_dir)
+            + "\nFix the folder, or skip them: train.py --SKIP_MISSING=True "
+            "(check.py --skip-missing)."
+        )
     if missing:
         print(f"warning: {missing_message(missing, len(table), images_dir)}; skipping them", file=sys.stderr)
         table = table[table["path"].notna()].reset_index(drop=True)
@@ -145,8 +158,13 @@ def _full_truncation_check(path: str) -> str | None:
 def find_unreadable(paths, decode: bool = False) -> dict[str, str]:
     """path -> reason for each unusable file; `decode=True` fully decodes every image (slow, thorough)."""
     bad = {}
-    for path in tqdm(list(paths), desc="decoding" if decode else "checking files", unit="img",
-                     disable=len(paths) < 2000 and not decode, leave=False):
+    for path in tqdm(
+        list(paths),
+        desc="decoding" if decode else "checking files",
+        unit="img",
+        disable=len(paths) < 2000 and not decode,
+        leave=False,
+    ):
         reason = quick_check(path)
         if reason is None and decode:
             try:

@@ -5,6 +5,7 @@ Per-image state lives in a few numpy arrays (paths as one bytes array, targets a
 per-row Python objects: forked workers then share those pages instead of slowly copying them as
 reference counts change, so worker memory stays flat over an epoch.
 """
+
 from __future__ import annotations
 
 import os
@@ -67,7 +68,7 @@ class EpochSampler(Sampler):
             order = torch.randperm(n, generator=gen)
         total = self.per_rank * self.world_size
         order = torch.cat([order, order[: total - n]]) if total > n else order
-        return order[self.rank:total:self.world_size].tolist()
+        return order[self.rank : total : self.world_size].tolist()
 
     def __iter__(self):
         return iter(self.indices())
@@ -81,8 +82,23 @@ def default_workers(requested: int = -1) -> int:
     return min(os.cpu_count() or 1, 16) if requested < 0 else requested
 
 
-def make_loader(dataset: ImageDataset, batch_size: int, sampler=None, workers: int = 0,
-                pin_memory: bool = False, prefetch_factor: int = 4, drop_last: bool = False) -> DataLoader:
+def make_loader(
+    dataset: ImageDataset,
+    batch_size: int,
+    sampler=None,
+    workers: int = 0,
+    pin_memory: bool = False,
+    prefetch_factor: int = 4,
+    drop_last: bool = False,
+) -> DataLoader:
     extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor} if workers > 0 else {}
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
-                      pin_memory=pin_memory, drop_last=drop_last, **extra)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        drop_last=drop_last,
+        **extra,
+    )

@@ -14,6 +14,7 @@ Formats are detected from the columns, never from the file name:
 
 The common table has one row per image with COLUMNS below; ``target`` is 1 for melanoma, 0 otherwise.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -22,8 +23,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-COLUMNS = ["image_name", "target", "patient_id", "lesion_id", "sex", "age_approx",
-           "anatom_site", "diagnosis", "source"]
+COLUMNS = [
+    "image_name",
+    "target",
+    "patient_id",
+    "lesion_id",
+    "sex",
+    "age_approx",
+    "anatom_site",
+    "diagnosis",
+    "source",
+]
 # What a malignant lesion that is not melanoma (BCC, SCC, ...) becomes. The ISIC 2020 target
 # is "melanoma or not", so the default is 0; "positive" makes it 1, "drop" removes those rows.
 MALIGNANT_POLICIES = ("negative", "positive", "drop")
@@ -31,7 +41,7 @@ KNOWN_FORMATS = {
     "isic2020": "ISIC 2020 ground truth / Kaggle train.csv: image_name, patient_id, ..., target",
     "isic2020_unlabeled": "Kaggle test.csv: image_name, patient_id, ... (no target; prediction only)",
     "isic_archive": "ISIC Archive / isic-cli metadata.csv: isic_id, attribution, copyright_license, "
-                    "diagnosis_1..5 (or benign_malignant, diagnosis)",
+    "diagnosis_1..5 (or benign_malignant, diagnosis)",
     "isic2019": "ISIC 2019 ground truth: image, MEL, NV, BCC, AK, BKL, DF, VASC, SCC, UNK",
     "isic2017": "ISIC 2017 Part 3 ground truth: image_id, melanoma, seborrheic_keratosis",
     "ham10000": "HAM10000_metadata.csv: lesion_id, image_id, dx, dx_type, age, sex, localization",
@@ -45,8 +55,8 @@ class MetadataError(ValueError):
 
 @dataclass
 class Metadata:
-    table: pd.DataFrame                                   # COLUMNS, one row per image
-    formats: list[str]                                    # detected format of each file read
+    table: pd.DataFrame  # COLUMNS, one row per image
+    formats: list[str]  # detected format of each file read
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> rows removed
 
 
@@ -78,12 +88,14 @@ def read_csv(path: str | Path) -> pd.DataFrame:
         raise MetadataError(f"Metadata file is not a readable CSV: {path} ({type(e).__name__})") from None
 
 
-def read_metadata(paths, malignant_non_melanoma: str = "negative", duplicates_csv=None,
-                  require_labels: bool = True) -> Metadata:
+def read_metadata(
+    paths, malignant_non_melanoma: str = "negative", duplicates_csv=None, require_labels: bool = True
+) -> Metadata:
     """Read one or several label files into the common table (first file wins on repeated ids)."""
     if malignant_non_melanoma not in MALIGNANT_POLICIES:
-        raise MetadataError(f"malignant_non_melanoma must be one of {MALIGNANT_POLICIES}, "
-                            f"not {malignant_non_melanoma!r}")
+        raise MetadataError(
+            f"malignant_non_melanoma must be one of {MALIGNANT_POLICIES}, not {malignant_non_melanoma!r}"
+        )
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     tables, formats, dropped = [], [], {}
     for path in paths:
@@ -108,14 +120,22 @@ def _read_one(path: Path, policy: str, require_labels: bool):
     fmt = detect_format(raw.columns)
     if fmt is None:
         known = "\n".join(f"  - {name}: {desc}" for name, desc in KNOWN_FORMATS.items())
-        raise MetadataError(f"Unknown metadata format in {path}.\nColumns found: {list(raw.columns)}\n"
-                            f"Known formats:\n{known}")
+        raise MetadataError(
+            f"Unknown metadata format in {path}.\nColumns found: {list(raw.columns)}\nKnown formats:\n{known}"
+        )
     if fmt == "isic2020_unlabeled" and require_labels:
-        raise MetadataError(f"{path} has image_name but no 'target' column (it looks like Kaggle "
-                            f"test.csv, which has no labels). Training and evaluation need labels.")
-    parse = {"isic2020": _parse_isic2020, "isic2020_unlabeled": _parse_isic2020,
-             "isic_archive": _parse_archive, "isic2019": _parse_isic2019,
-             "isic2017": _parse_isic2017, "ham10000": _parse_ham10000}[fmt]
+        raise MetadataError(
+            f"{path} has image_name but no 'target' column (it looks like Kaggle "
+            f"test.csv, which has no labels). Training and evaluation need labels."
+        )
+    parse = {
+        "isic2020": _parse_isic2020,
+        "isic2020_unlabeled": _parse_isic2020,
+        "isic_archive": _parse_archive,
+        "isic2019": _parse_isic2019,
+        "isic2017": _parse_isic2017,
+        "ham10000": _parse_ham10000,
+    }[fmt]
     table = parse(raw, path)
     table["source"] = fmt
     table = _apply_label_rules(table, policy)
@@ -144,8 +164,10 @@ def _apply_label_rules(table: pd.DataFrame, policy: str) -> pd.DataFrame:
 def _check_unique_ids(table: pd.DataFrame, path: Path) -> None:
     dup = table["image_name"][table["image_name"].duplicated()]
     if len(dup):
-        raise MetadataError(f"{path}: {len(dup)} duplicate image ids, e.g. {', '.join(dup.unique()[:5])}. "
-                            f"Each image must be listed once.")
+        raise MetadataError(
+            f"{path}: {len(dup)} duplicate image ids, e.g. {', '.join(dup.unique()[:5])}. "
+            f"Each image must be listed once."
+        )
     empty = table["image_name"].str.strip() == ""
     if empty.any():
         rows = (np.flatnonzero(empty.to_numpy())[:5] + 2).tolist()
@@ -155,8 +177,10 @@ def _check_unique_ids(table: pd.DataFrame, path: Path) -> None:
 def _require(raw: pd.DataFrame, columns, path: Path, fmt: str) -> None:
     missing = [c for c in columns if c not in raw.columns]
     if missing:
-        raise MetadataError(f"{path} looks like {fmt} metadata but lacks required column(s) {missing}. "
-                            f"Columns found: {list(raw.columns)}")
+        raise MetadataError(
+            f"{path} looks like {fmt} metadata but lacks required column(s) {missing}. "
+            f"Columns found: {list(raw.columns)}"
+        )
 
 
 def _column(raw: pd.DataFrame, name: str) -> pd.Series:
@@ -174,23 +198,27 @@ def _binary(values: pd.Series, path: Path, column: str) -> pd.Series:
     if bad.any():
         rows = (np.flatnonzero(bad.to_numpy())[:5] + 2).tolist()
         shown = sorted(set(values[bad].tolist()))[:5]
-        raise MetadataError(f"{path}: column '{column}' must be 0 or 1, found {shown} "
-                            f"in {int(bad.sum())} rows (lines {rows}).")
+        raise MetadataError(
+            f"{path}: column '{column}' must be 0 or 1, found {shown} "
+            f"in {int(bad.sum())} rows (lines {rows})."
+        )
     return numbers.astype(np.int64)
 
 
 def _parse_isic2020(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
     labeled = "target" in raw.columns
-    return pd.DataFrame({
-        "image_name": raw["image_name"].str.strip(),
-        "target": _binary(raw["target"], path, "target") if labeled else -1,
-        "patient_id": _column(raw, "patient_id"),
-        "lesion_id": _column(raw, "lesion_id"),
-        "sex": _column(raw, "sex"),
-        "age_approx": _age(_column(raw, "age_approx")),
-        "anatom_site": _column(raw, "anatom_site_general_challenge"),
-        "diagnosis": _column(raw, "diagnosis"),
-    })
+    return pd.DataFrame(
+        {
+            "image_name": raw["image_name"].str.strip(),
+            "target": _binary(raw["target"], path, "target") if labeled else -1,
+            "patient_id": _column(raw, "patient_id"),
+            "lesion_id": _column(raw, "lesion_id"),
+            "sex": _column(raw, "sex"),
+            "age_approx": _age(_column(raw, "age_approx")),
+            "anatom_site": _column(raw, "anatom_site_general_challenge"),
+            "diagnosis": _column(raw, "diagnosis"),
+        }
+    )
 
 
 def _parse_archive(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
@@ -199,17 +227,26 @@ def _parse_archive(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
     elif "benign_malignant" in raw.columns or "diagnosis" in raw.columns:
         target, malignant, unlabeled, diagnosis = _archive_labels_older(raw)
     else:
-        raise MetadataError(f"{path} looks like ISIC Archive metadata (has isic_id) but has no diagnosis "
-                            f"column (diagnosis_1..5, or benign_malignant/diagnosis). "
-                            f"Columns found: {list(raw.columns)}")
+        raise MetadataError(
+            f"{path} looks like ISIC Archive metadata (has isic_id) but has no diagnosis "
+            f"column (diagnosis_1..5, or benign_malignant/diagnosis). "
+            f"Columns found: {list(raw.columns)}"
+        )
     site = _column(raw, "anatom_site_general")
-    return pd.DataFrame({
-        "image_name": raw["isic_id"].str.strip(), "target": target,
-        "patient_id": _column(raw, "patient_id"), "lesion_id": _column(raw, "lesion_id"),
-        "sex": _column(raw, "sex"), "age_approx": _age(_column(raw, "age_approx")),
-        "anatom_site": site, "diagnosis": diagnosis,
-        "_malignant": malignant, "_drop": np.where(unlabeled, "indeterminate or unlabeled", ""),
-    })
+    return pd.DataFrame(
+        {
+            "image_name": raw["isic_id"].str.strip(),
+            "target": target,
+            "patient_id": _column(raw, "patient_id"),
+            "lesion_id": _column(raw, "lesion_id"),
+            "sex": _column(raw, "sex"),
+            "age_approx": _age(_column(raw, "age_approx")),
+            "anatom_site": site,
+            "diagnosis": diagnosis,
+            "_malignant": malignant,
+            "_drop": np.where(unlabeled, "indeterminate or unlabeled", ""),
+        }
+    )
 
 
 def _archive_labels_current(raw: pd.DataFrame):
@@ -242,13 +279,20 @@ def _parse_isic2019(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
         raise MetadataError(f"{path}: the class columns {classes} must hold numbers (0.0 or 1.0).")
     label = scores.idxmax(axis=1)
     extra = _isic2019_side_metadata(raw["image"], path)
-    return pd.DataFrame({
-        "image_name": raw["image"].str.strip(), "target": (label == "MEL").astype(np.int64),
-        "patient_id": "", "lesion_id": extra["lesion_id"], "sex": extra["sex"],
-        "age_approx": _age(extra["age_approx"]), "anatom_site": extra["anatom_site_general"],
-        "diagnosis": label, "_malignant": label.isin(ISIC2019_MALIGNANT),
-        "_drop": np.where((label == "UNK") | (scores.max(axis=1) <= 0), "indeterminate or unlabeled", ""),
-    })
+    return pd.DataFrame(
+        {
+            "image_name": raw["image"].str.strip(),
+            "target": (label == "MEL").astype(np.int64),
+            "patient_id": "",
+            "lesion_id": extra["lesion_id"],
+            "sex": extra["sex"],
+            "age_approx": _age(extra["age_approx"]),
+            "anatom_site": extra["anatom_site_general"],
+            "diagnosis": label,
+            "_malignant": label.isin(ISIC2019_MALIGNANT),
+            "_drop": np.where((label == "UNK") | (scores.max(axis=1) <= 0), "indeterminate or unlabeled", ""),
+        }
+    )
 
 
 def _isic2019_side_metadata(images: pd.Series, path: Path) -> pd.DataFrame:
@@ -259,19 +303,31 @@ def _isic2019_side_metadata(images: pd.Series, path: Path) -> pd.DataFrame:
         return pd.DataFrame({c: "" for c in columns}, index=images.index)
     meta = read_csv(side).set_index("image")
     meta = meta.reindex(images.str.strip())
-    return pd.DataFrame({c: meta[c].fillna("").to_numpy() if c in meta else "" for c in columns},
-                        index=images.index)
+    return pd.DataFrame(
+        {c: meta[c].fillna("").to_numpy() if c in meta else "" for c in columns}, index=images.index
+    )
 
 
 def _parse_isic2017(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
     target = _binary(raw["melanoma"], path, "melanoma")
-    sk = _binary(raw["seborrheic_keratosis"], path, "seborrheic_keratosis") \
-        if "seborrheic_keratosis" in raw.columns else 0
+    sk = (
+        _binary(raw["seborrheic_keratosis"], path, "seborrheic_keratosis")
+        if "seborrheic_keratosis" in raw.columns
+        else 0
+    )
     diagnosis = np.where(target == 1, "melanoma", np.where(sk == 1, "seborrheic keratosis", "nevus"))
-    return pd.DataFrame({
-        "image_name": raw["image_id"].str.strip(), "target": target, "patient_id": "", "lesion_id": "",
-        "sex": "", "age_approx": np.nan, "anatom_site": "", "diagnosis": diagnosis,
-    })
+    return pd.DataFrame(
+        {
+            "image_name": raw["image_id"].str.strip(),
+            "target": target,
+            "patient_id": "",
+            "lesion_id": "",
+            "sex": "",
+            "age_approx": np.nan,
+            "anatom_site": "",
+            "diagnosis": diagnosis,
+        }
+    )
 
 
 HAM_MALIGNANT = {"bcc", "akiec"}
@@ -279,21 +335,30 @@ HAM_MALIGNANT = {"bcc", "akiec"}
 
 def _parse_ham10000(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
     dx = raw["dx"].str.strip().str.lower()
-    return pd.DataFrame({
-        "image_name": raw["image_id"].str.strip(), "target": (dx == "mel").astype(np.int64),
-        "patient_id": "", "lesion_id": _column(raw, "lesion_id"), "sex": _column(raw, "sex"),
-        "age_approx": _age(_column(raw, "age")), "anatom_site": _column(raw, "localization"),
-        "diagnosis": dx, "_malignant": dx.isin(HAM_MALIGNANT),
-        "_drop": np.where(dx == "", "indeterminate or unlabeled", ""),
-    })
+    return pd.DataFrame(
+        {
+            "image_name": raw["image_id"].str.strip(),
+            "target": (dx == "mel").astype(np.int64),
+            "patient_id": "",
+            "lesion_id": _column(raw, "lesion_id"),
+            "sex": _column(raw, "sex"),
+            "age_approx": _age(_column(raw, "age")),
+            "anatom_site": _column(raw, "localization"),
+            "diagnosis": dx,
+            "_malignant": dx.isin(HAM_MALIGNANT),
+            "_drop": np.where(dx == "", "indeterminate or unlabeled", ""),
+        }
+    )
 
 
 def drop_official_duplicates(table: pd.DataFrame, duplicates_csv) -> tuple[pd.DataFrame, int]:
     """ISIC_2020_Training_Duplicates.csv lists pairs of the same photo; keep the first of each pair."""
     pairs = read_csv(duplicates_csv)
     if not {"image_name_1", "image_name_2"} <= set(pairs.columns):
-        raise MetadataError(f"{duplicates_csv}: a duplicates list needs columns image_name_1, image_name_2; "
-                            f"found {list(pairs.columns)}")
+        raise MetadataError(
+            f"{duplicates_csv}: a duplicates list needs columns image_name_1, image_name_2; "
+            f"found {list(pairs.columns)}"
+        )
     second = set(pairs["image_name_2"].str.strip())
     drop = table["image_name"].isin(second)
     return table[~drop].reset_index(drop=True), int(drop.sum())

@@ -9,6 +9,7 @@ leaves a half-written JPEG. Unreadable originals are listed in OUT/unreadable.cs
 Training (train.py CACHE_DIR) uses the cache when its size is at least IMG_SIZE.
 ISIC 2020 (33,126 images, 24 GB) -> 512 px cache: about 2 GB.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,7 +48,9 @@ def prepare_one(task: tuple[str, str, int]) -> tuple[str, str | None]:
         rgb = decode_image(src, min_short_side=size)
     except ImageDecodeError as e:
         return src, str(e).split(": ", 1)[-1]
-    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    ok, jpeg = cv2.imencode(
+        ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
+    )
     if not ok:
         return src, "could not encode"
     atomic_write_bytes(dst, jpeg.tobytes())
@@ -112,7 +115,9 @@ def prepare_cache(images: str, out: str, size: int = 512, workers: int = 0, prog
     start, failed = time.perf_counter(), {}
     with Pool(workers or os.cpu_count() or 1, initializer=_init_worker) as pool:
         results = pool.imap_unordered(prepare_one, tasks, chunksize=8)
-        for src, error in tqdm(results, total=len(tasks), desc=f"prepare {size}px", unit="img", disable=not progress):
+        for src, error in tqdm(
+            results, total=len(tasks), desc=f"prepare {size}px", unit="img", disable=not progress
+        ):
             if error:
                 failed[src] = error
     seconds = time.perf_counter() - start
@@ -120,12 +125,19 @@ def prepare_cache(images: str, out: str, size: int = 512, workers: int = 0, prog
     sources.update({keys[src]: todo[keys[src]] for src, _, _ in tasks if src not in failed})
     for src in failed:  # an older cached copy of a now unreadable original must not stand in for it
         (out_dir / f"{keys[src]}.jpg").unlink(missing_ok=True)
-    write_sources(out_dir, {k: v for k, v in sources.items() if k in originals and originals[k] not in failed})
+    write_sources(
+        out_dir, {k: v for k, v in sources.items() if k in originals and originals[k] not in failed}
+    )
     report_unreadable(out_dir, failed)
     done = len(tasks) - len(failed)
-    return {"images": len(originals), "written": done, "skipped_existing": len(originals) - len(tasks),
-            "unreadable": len(failed), "seconds": round(seconds, 2),
-            "images_per_s": round(done / seconds, 1) if seconds > 0 and done else None}
+    return {
+        "images": len(originals),
+        "written": done,
+        "skipped_existing": len(originals) - len(tasks),
+        "unreadable": len(failed),
+        "seconds": round(seconds, 2),
+        "images_per_s": round(done / seconds, 1) if seconds > 0 and done else None,
+    }
 
 
 def report_unreadable(out_dir: Path, failed: dict[str, str]) -> None:
@@ -149,8 +161,10 @@ def main(argv=None) -> int:
     except PrepareError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"{stats['written']} written, {stats['skipped_existing']} already there, "
-          f"{stats['unreadable']} unreadable, {stats['images_per_s']} images/s")
+    print(
+        f"{stats['written']} written, {stats['skipped_existing']} already there, "
+        f"{stats['unreadable']} unreadable, {stats['images_per_s']} images/s"
+    )
     if stats["unreadable"]:
         print(f"unreadable originals listed in {Path(args.out) / 'unreadable.csv'}")
     return 0

@@ -5,6 +5,7 @@ sides and inflates every validation number. Every split here keeps a patient (el
 an image: see metadata.split_groups) on one side only, and keeps the melanoma rate of each fold
 close to the whole set's (scikit-learn's StratifiedGroupKFold).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,8 +35,9 @@ def assign_folds(table: pd.DataFrame, n_folds: int, seed: int) -> np.ndarray:
     targets = table["target"].to_numpy()
     n_groups = len(np.unique(groups))
     if n_groups < n_folds:
-        raise SplitError(f"only {n_groups} patients/lesions for {n_folds} folds; "
-                         f"use fewer folds or more data")
+        raise SplitError(
+            f"only {n_groups} patients/lesions for {n_folds} folds; use fewer folds or more data"
+        )
     folds = np.empty(len(table), dtype=np.int64)
     # Stratification needs each class in every fold; with fewer positives than folds, group-only it is.
     stratify = np.bincount(targets, minlength=2).min() >= n_folds
@@ -53,18 +55,24 @@ def folds_for_fraction(val_fraction: float) -> int:
     return max(2, round(1.0 / val_fraction))
 
 
-def make_split(table: pd.DataFrame, val_fraction: float, fold: int, seed: int,
-               n_folds: int = 0) -> pd.DataFrame:
+def make_split(
+    table: pd.DataFrame, val_fraction: float, fold: int, seed: int, n_folds: int = 0
+) -> pd.DataFrame:
     """The split table (SPLIT_COLUMNS): hold-out by fraction, or fold `fold` of `n_folds` when n_folds>0."""
     n = n_folds or folds_for_fraction(val_fraction)
     if not 0 <= fold < n:
         raise SplitError(f"FOLD must be in 0..{n - 1}, got {fold}")
     folds = assign_folds(table, n, seed)
-    return pd.DataFrame({
-        "image_name": table["image_name"].to_numpy(), "group": split_groups(table), "group_kind": group_kinds(table),
-        "target": table["target"].to_numpy(), "fold": folds,
-        "split": np.where(folds == fold, "val", "train"),
-    })
+    return pd.DataFrame(
+        {
+            "image_name": table["image_name"].to_numpy(),
+            "group": split_groups(table),
+            "group_kind": group_kinds(table),
+            "target": table["target"].to_numpy(),
+            "fold": folds,
+            "split": np.where(folds == fold, "val", "train"),
+        }
+    )
 
 
 def check_no_leak(split: pd.DataFrame) -> int:
@@ -88,12 +96,22 @@ def read_split(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise SplitError(f"split file not found: {path}")
-    split = pd.read_csv(path, dtype={"image_name": str, "group": str, "patient_id": str, "group_kind": str},
-                        keep_default_na=False)
+    split = pd.read_csv(
+        path,
+        dtype={"image_name": str, "group": str, "patient_id": str, "group_kind": str},
+        keep_default_na=False,
+    )
     if "group" not in split.columns and "patient_id" in split.columns:  # written before the rename
         split = split.rename(columns={"patient_id": "group"})
-        split.insert(2, "group_kind", np.where(split["group"].str.startswith("lesion:"), "lesion",
-                                               np.where(split["group"].str.startswith("image:"), "image", "patient")))
+        split.insert(
+            2,
+            "group_kind",
+            np.where(
+                split["group"].str.startswith("lesion:"),
+                "lesion",
+                np.where(split["group"].str.startswith("image:"), "image", "patient"),
+            ),
+        )
     missing = [c for c in SPLIT_COLUMNS if c not in split.columns]
     if missing:
         raise SplitError(f"{path} is not a split file (missing columns {missing})")
@@ -103,9 +121,12 @@ def read_split(path: str | Path) -> pd.DataFrame:
 def split_summary(split: pd.DataFrame) -> dict:
     out = {}
     for name, part in split.groupby("split"):
-        out[name] = {"images": int(len(part)), "melanoma": int(part["target"].sum()),
-                     "groups": int(part["group"].nunique()),
-                     "melanoma_rate": round(float(part["target"].mean()), 5)}
+        out[name] = {
+            "images": int(len(part)),
+            "melanoma": int(part["target"].sum()),
+            "groups": int(part["group"].nunique()),
+            "melanoma_rate": round(float(part["target"].mean()), 5),
+        }
     out["groups_in_both"] = check_no_leak(split)
     out["group_kinds"] = sorted(set(split["group_kind"]))
     return out
@@ -118,4 +139,7 @@ def grouping_description(split: pd.DataFrame) -> str:
         return "no patient in both"
     if kinds != {"image"}:
         return "grouped by patient where known, else lesion, else image (labels lack some patient ids)"
-    return "grouped by image only: these labels have no patient or lesion ids, so one patient may be on both sides"
+    return (
+        "grouped by image only: these labels have no patient or lesion ids, "
+        "so one patient may be on both sides"
+    )

@@ -9,6 +9,7 @@ bus (4x less than float32), the GPU does the arithmetic, and an exported model c
 `augment_batch` adds training augmentation to a whole batch at once, on whatever device the batch
 is on, so the data workers only decode and crop.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,7 +29,7 @@ def preprocess(image: np.ndarray, size: int) -> torch.Tensor:
     image = resize_short_side(image, size)
     h, w = image.shape[:2]
     top, left = (h - size) // 2, (w - size) // 2
-    crop = np.ascontiguousarray(image[top:top + size, left:left + size])
+    crop = np.ascontiguousarray(image[top : top + size, left : left + size])
     return torch.from_numpy(crop).permute(2, 0, 1).contiguous()
 
 
@@ -64,8 +65,11 @@ _YIQ2RGB = torch.linalg.inv(_RGB2YIQ)
 
 
 def _uniform(n: int, low: float, high: float, gen, device) -> torch.Tensor:
-    return torch.rand(n, generator=gen, device=gen.device if gen is not None else device
-                      ).to(device) * (high - low) + low
+    return (
+        torch.rand(n, generator=gen, device=gen.device if gen is not None else device).to(device)
+        * (high - low)
+        + low
+    )
 
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -90,8 +94,9 @@ def _affine(x: torch.Tensor, gen) -> torch.Tensor:
     scale = _uniform(n, *SCALE_RANGE, gen, device)
     shift = _uniform(2 * n, -MAX_SHIFT, MAX_SHIFT, gen, device).view(n, 2) * 2.0
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
-                         torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    theta = torch.stack(
+        [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
+    )
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
@@ -108,8 +113,14 @@ def _colour(x: torch.Tensor, gen) -> torch.Tensor:
     # Saturation scales and hue rotates the chroma (I, Q) plane: one 3x3 matrix per image.
     cos, sin = torch.cos(hue) * saturation, torch.sin(hue) * saturation
     ones, zeros = torch.ones_like(cos), torch.zeros_like(cos)
-    chroma = torch.stack([torch.stack([ones, zeros, zeros], 1), torch.stack([zeros, cos, -sin], 1),
-                          torch.stack([zeros, sin, cos], 1)], 1)
+    chroma = torch.stack(
+        [
+            torch.stack([ones, zeros, zeros], 1),
+            torch.stack([zeros, cos, -sin], 1),
+            torch.stack([zeros, sin, cos], 1),
+        ],
+        1,
+    )
     matrix = _YIQ2RGB.to(device) @ chroma @ _RGB2YIQ.to(device)
     return torch.einsum("nij,njhw->nihw", matrix, x)
 
@@ -119,7 +130,10 @@ def dihedral_views(x):
     augmentation (lesions have no 'up'). Numpy stays numpy, so an ONNX Runtime caller never wakes
     PyTorch's thread pool, whose spinning threads would compete with ONNX Runtime's for the cores."""
     if isinstance(x, np.ndarray):
-        flips = lambda t: [t, t[..., ::-1], t[..., ::-1, :], t[..., ::-1, ::-1]]  # noqa: E731
+
+        def flips(t):
+            return [t, t[..., ::-1], t[..., ::-1, :], t[..., ::-1, ::-1]]
+
         return flips(x) + flips(x.transpose(0, 1, 3, 2))
     views = []
     for t in (x, x.transpose(2, 3)):

@@ -10,6 +10,7 @@ images (the run's validation split, or --images): probabilities must match PyTor
 calibrated on validation images) with ONNX Runtime, and prints its AUC next to fp32's.
 TensorRT: `trtexec --onnx=model.onnx --saveEngine=model.plan --fp16` builds an engine from the export.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,30 +43,59 @@ class ExportError(Exception):
     """The export does not compute what the checkpoint computes."""
 
 
-SETTING_KEYS = ("arch", "img_size", "mean", "std", "threshold", "temperature", "logit_bias", "threshold_rule",
-                "calibrated_on", "calibrated_at", "epoch", "metrics")
+SETTING_KEYS = (
+    "arch",
+    "img_size",
+    "mean",
+    "std",
+    "threshold",
+    "temperature",
+    "logit_bias",
+    "threshold_rule",
+    "calibrated_on",
+    "calibrated_at",
+    "epoch",
+    "metrics",
+)
 
 
 def settings_of(ckpt: dict, source: str) -> dict:
     settings = {k: ckpt[k] for k in SETTING_KEYS if k in ckpt}
-    settings.update({"source_checkpoint": source, "input": "float32 (N, 3, S, S) RGB 0..255; normalised in the graph"})
+    settings.update(
+        {"source_checkpoint": source, "input": "float32 (N, 3, S, S) RGB 0..255; normalised in the graph"}
+    )
     return settings
 
 
 def export_onnx(model, img_size: int, path: Path, settings: dict) -> Path:
     """Write the fp32 ONNX model (dynamic batch axis) with the settings in its metadata."""
     import onnx
+
     model = model.cpu().eval()
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.onnx"
         example = (torch.zeros(2, 3, img_size, img_size),)
         names = {"input_names": [ONNX_INPUT], "output_names": ["logits"]}
         if NEW_EXPORTER:
-            torch.onnx.export(model, example, str(raw), dynamo=True, verbose=False, optimize=True,
-                              dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},), **names)
+            torch.onnx.export(
+                model,
+                example,
+                str(raw),
+                dynamo=True,
+                verbose=False,
+                optimize=True,
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
+                **names,
+            )
         else:  # torch < 2.9: the TorchScript exporter, then the default
-            torch.onnx.export(model, example, str(raw), opset_version=17,
-                              dynamic_axes={ONNX_INPUT: {0: "batch"}, "logits": {0: "batch"}}, **names)
+            torch.onnx.export(
+                model,
+                example,
+                str(raw),
+                opset_version=17,
+                dynamic_axes={ONNX_INPUT: {0: "batch"}, "logits": {0: "batch"}},
+                **names,
+            )
         graph = onnx.load(str(raw))  # also pulls in weights the exporter stored beside the file
     entry = graph.metadata_props.add()
     entry.key, entry.value = "settings", json.dumps(settings)
@@ -103,7 +133,7 @@ def quantize_int8(fp32_path: Path, out: Path, x: torch.Tensor, settings: dict) -
 
     class Batches(CalibrationDataReader):
         def __init__(self):
-            self.batches = iter(x.float().numpy()[i:i + 16] for i in range(0, len(x), 16))
+            self.batches = iter(x.float().numpy()[i : i + 16] for i in range(0, len(x), 16))
 
         def get_next(self):
             batch = next(self.batches, None)
@@ -112,14 +142,26 @@ def quantize_int8(fp32_path: Path, out: Path, x: torch.Tensor, settings: dict) -
     with tempfile.TemporaryDirectory() as tmp:
         prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-        quantize_static(str(prepared), str(quantized), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        quantize_static(
+            str(prepared),
+            str(quantized),
+            Batches(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
         graph = onnx.load(str(quantized))
     del graph.metadata_props[:]
     entry = graph.metadata_props.add()
     entry.key = "settings"
-    entry.value = json.dumps({**settings, "quantization": f"int8 static QDQ, per-channel weights, "
-                                                          f"activations calibrated on {len(x)} images"})
+    entry.value = json.dumps(
+        {
+            **settings,
+            "quantization": f"int8 static QDQ, per-channel weights, "
+            f"activations calibrated on {len(x)} images",
+        }
+    )
     replace_atomically(out, lambda tmp: onnx.save(graph, tmp))
     return out
 
@@ -129,8 +171,11 @@ def parse_args(argv=None):
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--out", help="ONNX path (default: the checkpoint's name with .onnx)")
     ap.add_argument("--int8", action="store_true", help="also write a statically quantized int8 model")
-    ap.add_argument("--images", help="folder of real images for the parity check and int8 calibration "
-                                     "(default: the run's validation split)")
+    ap.add_argument(
+        "--images",
+        help="folder of real images for the parity check and int8 calibration "
+        "(default: the run's validation split)",
+    )
     ap.add_argument("--calibration-images", type=int, default=256)
     return ap.parse_args(argv)
 
@@ -143,10 +188,16 @@ def export(args) -> dict:
     settings = settings_of(ckpt, ckpt_path.name)
     x, labels = real_inputs(ckpt, ckpt_path, args.images, args.calibration_images)
     export_onnx(model, ckpt["img_size"], out, settings)
-    result = {"onnx": str(out), "parity_max_abs_diff": check_parity(model, out, x[:64], ckpt), "images": len(x)}
+    result = {
+        "onnx": str(out),
+        "parity_max_abs_diff": check_parity(model, out, x[:64], ckpt),
+        "images": len(x),
+    }
     if result["parity_max_abs_diff"] > PARITY_TOLERANCE:
-        raise ExportError(f"ONNX export differs from PyTorch by {result['parity_max_abs_diff']:.2e} "
-                              f"(tolerance {PARITY_TOLERANCE}); not using it")
+        raise ExportError(
+            f"ONNX export differs from PyTorch by {result['parity_max_abs_diff']:.2e} "
+            f"(tolerance {PARITY_TOLERANCE}); not using it"
+        )
     if args.int8:
         int8 = quantize_int8(out, out.with_name(out.stem + "_int8.onnx"), x, settings)
         result["int8"] = str(int8)
@@ -163,11 +214,19 @@ def main(argv=None) -> int:
     except (CheckpointError, DataError, SplitError, EvaluationError, ExportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"wrote {result['onnx']}: max |p_onnx - p_pytorch| = {result['parity_max_abs_diff']:.2e} "
-          f"on {min(64, result['images'])} real images (tolerance {PARITY_TOLERANCE})")
+    print(
+        f"wrote {result['onnx']}: max |p_onnx - p_pytorch| = {result['parity_max_abs_diff']:.2e} "
+        f"on {min(64, result['images'])} real images (tolerance {PARITY_TOLERANCE})"
+    )
     if "int8" in result:
-        auc = (f"; AUC on {result['images']} validation images: fp32 {result['auc_fp32']:.4f}, "
-               f"int8 {result['auc_int8']:.4f}") if "auc_int8" in result else ""
+        auc = (
+            (
+                f"; AUC on {result['images']} validation images: fp32 {result['auc_fp32']:.4f}, "
+                f"int8 {result['auc_int8']:.4f}"
+            )
+            if "auc_int8" in result
+            else ""
+        )
         print(f"wrote {result['int8']}{auc}")
     return 0
 

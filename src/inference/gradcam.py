@@ -1,4 +1,5 @@
 """Grad-CAM on the last convolutional block: where in the image the melanoma logit came from."""
+
 from __future__ import annotations
 
 import cv2
@@ -16,7 +17,9 @@ def grad_cam(model: MelanomaNet, image: torch.Tensor) -> np.ndarray:
     """
     store = {}
     device = next(model.parameters()).device
-    handle = model.backbone.layer4.register_forward_hook(lambda module, inputs, output: store.update(a=output))
+    handle = model.backbone.layer4.register_forward_hook(
+        lambda module, inputs, output: store.update(a=output)
+    )
     try:
         with torch.enable_grad():
             logit = model(image[None].to(device))

@@ -8,6 +8,7 @@ from --images, default the CSV's folder). Writes image_name,target (the ISIC/Kag
 columns; target is the calibrated melanoma probability), label (1 = melanoma at the saved
 threshold) and error. Unreadable files are listed with their error; the rest are still predicted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,9 +23,9 @@ import pandas as pd
 from tqdm import tqdm
 
 from src.data.atomic import atomic_write_bytes, atomic_write_text
-from src.data.loader import ImageDataset, default_workers, make_loader
 from src.data.images import IMAGE_EXTENSIONS, ImageDecodeError, decode_image, index_images
 from src.data.labels import DataError
+from src.data.loader import ImageDataset, default_workers, make_loader
 from src.data.metadata import MetadataError, read_metadata
 from src.data.transforms import load_input
 from src.inference.predictor import Predictor
@@ -60,11 +61,17 @@ def error_for(path) -> str:
         return str(e).split(": ", 1)[-1]
 
 
-def predict_table(predictor: Predictor, rows: pd.DataFrame, batch_size: int, workers: int, tta: bool) -> pd.DataFrame:
+def predict_table(
+    predictor: Predictor, rows: pd.DataFrame, batch_size: int, workers: int, tta: bool
+) -> pd.DataFrame:
     present = rows["path"].notna().to_numpy()
     readable = rows[present].reset_index(drop=True)
-    loader = make_loader(ImageDataset(readable["path"], np.zeros(len(readable)), predictor.img_size), batch_size,
-                         workers=default_workers(workers), pin_memory=predictor.kind == "pytorch" and predictor.rt.device.type == "cuda")
+    loader = make_loader(
+        ImageDataset(readable["path"], np.zeros(len(readable)), predictor.img_size),
+        batch_size,
+        workers=default_workers(workers),
+        pin_memory=predictor.kind == "pytorch" and predictor.rt.device.type == "cuda",
+    )
     probs, ok = np.full(len(readable), np.nan), np.zeros(len(readable), bool)
     for images, _, index, good in tqdm(loader, desc="predict", unit="batch"):
         p = predictor.probabilities(predictor.logits(images, tta))
@@ -82,13 +89,18 @@ def predict_table(predictor: Predictor, rows: pd.DataFrame, batch_size: int, wor
 
 def write_explanations(predictor: Predictor, rows: pd.DataFrame, results: pd.DataFrame, folder: Path) -> int:
     from src.inference.gradcam import grad_cam, overlay_png
+
     if predictor.kind != "pytorch":
         raise DataError("--explain needs a PyTorch checkpoint (.pth): Grad-CAM uses gradients")
     done = 0
-    for name, path, error in tqdm(list(zip(rows["image_name"], rows["path"], results["error"])), desc="grad-cam"):
+    for name, path, error in tqdm(
+        list(zip(rows["image_name"], rows["path"], results["error"], strict=True)), desc="grad-cam"
+    ):
         if not error:
             image = load_input(path, predictor.img_size)
-            atomic_write_bytes(folder / f"{name}_gradcam.png", overlay_png(image, grad_cam(predictor.model, image)))
+            atomic_write_bytes(
+                folder / f"{name}_gradcam.png", overlay_png(image, grad_cam(predictor.model, image))
+            )
             done += 1
     return done
 
@@ -102,7 +114,9 @@ def parse_args(argv=None):
     ap.add_argument("--tta", action="store_true", help="average the 8 flips/transposes")
     ap.add_argument("--explain", metavar="DIR", help="write Grad-CAM overlays (PNG) to DIR")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--workers", type=int, default=-1, help="data loading processes (-1: one per core, at most 16)")
+    ap.add_argument(
+        "--workers", type=int, default=-1, help="data loading processes (-1: one per core, at most 16)"
+    )
     return ap.parse_args(argv)
 
 
@@ -122,8 +136,11 @@ def main(argv=None) -> int:
     bad = int((results["error"] != "").sum())
     print(f"{len(results) - bad} images predicted, {bad} unreadable (listed with their error) -> {args.out}")
     if predictor.calibrated_on is None:
-        print("note: this model has no fitted threshold/calibration yet (threshold 0.5); run "
-              "src/training/evaluate.py on its checkpoint first", file=sys.stderr)
+        print(
+            "note: this model has no fitted threshold/calibration yet (threshold 0.5); run "
+            "src/training/evaluate.py on its checkpoint first",
+            file=sys.stderr,
+        )
     return 0
 
 

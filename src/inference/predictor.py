@@ -4,6 +4,7 @@ Everything that turns pixels into a probability comes from the model file: image
 (temperature and bias) and the decision threshold. Images go through the data layer's one
 preprocessing path (src/data/transforms.py), so a prediction here equals what evaluation computed.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -53,15 +54,20 @@ class Predictor:
 
     def _load_onnx(self, threads: int | None) -> None:
         import onnxruntime as ort
+
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or 0
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types for invalid files
-            raise CheckpointError(f"{self.path} is not a loadable ONNX model: {str(e).splitlines()[0]}") from None
+            raise CheckpointError(
+                f"{self.path} is not a loadable ONNX model: {str(e).splitlines()[0]}"
+            ) from None
         meta = self.session.get_modelmeta().custom_metadata_map
         if "settings" not in meta:
-            raise CheckpointError(f"{self.path} was not exported by src/inference/export.py (no settings metadata)")
+            raise CheckpointError(
+                f"{self.path} was not exported by src/inference/export.py (no settings metadata)"
+            )
         try:
             settings = json.loads(meta["settings"])
         except json.JSONDecodeError:
@@ -76,12 +82,20 @@ class Predictor:
     def _check_onnx_signature(self) -> None:
         """One input (N, 3, S, S) named ONNX_INPUT and one output of one logit per image."""
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        ok = (len(inputs) == 1 and inputs[0].name == ONNX_INPUT and len(inputs[0].shape) == 4
-              and inputs[0].shape[1] == 3 and len(outputs) == 1 and len(outputs[0].shape) == 1)
+        ok = (
+            len(inputs) == 1
+            and inputs[0].name == ONNX_INPUT
+            and len(inputs[0].shape) == 4
+            and inputs[0].shape[1] == 3
+            and len(outputs) == 1
+            and len(outputs[0].shape) == 1
+        )
         if not ok:
             found = [(i.name, i.shape) for i in inputs], [(o.name, o.shape) for o in outputs]
-            raise CheckpointError(f"{self.path}: expected input {ONNX_INPUT!r} (N, 3, S, S) and one output (N,) "
-                                  f"of logits; found inputs/outputs {found}")
+            raise CheckpointError(
+                f"{self.path}: expected input {ONNX_INPUT!r} (N, 3, S, S) and one output (N,) "
+                f"of logits; found inputs/outputs {found}"
+            )
 
     def _settings(self, s: dict) -> None:
         self.arch, self.img_size = s["arch"], s["img_size"]
@@ -92,19 +106,31 @@ class Predictor:
         self.epoch = s.get("epoch")
 
     def info(self) -> dict:
-        return {"model_file": self.path.name, "version": self.version, "kind": self.kind, "architecture": self.arch,
-                "image_size": self.img_size, "threshold": self.threshold, "temperature": self.temperature,
-                "logit_bias": self.bias, "calibrated_on": self.calibrated_on, "calibrated_at": self.calibrated_at,
-                "epoch": self.epoch,
-                "training_metrics": {k: v for k, v in self.metrics.items() if k.startswith("val_")}}
+        return {
+            "model_file": self.path.name,
+            "version": self.version,
+            "kind": self.kind,
+            "architecture": self.arch,
+            "image_size": self.img_size,
+            "threshold": self.threshold,
+            "temperature": self.temperature,
+            "logit_bias": self.bias,
+            "calibrated_on": self.calibrated_on,
+            "calibrated_at": self.calibrated_at,
+            "epoch": self.epoch,
+            "training_metrics": {k: v for k, v in self.metrics.items() if k.startswith("val_")},
+        }
 
     @torch.no_grad()
     def logits(self, images: torch.Tensor, tta: bool = False) -> np.ndarray:
-        """(N, 3, S, S) uint8 (torch or numpy) -> (N,) logits, averaged over the 8 flips/transposes with tta."""
+        """(N, 3, S, S) uint8 images (torch or numpy) -> (N,) logits; tta: mean over 8 flips/transposes."""
         if self.kind == "onnx":
             x = images.numpy() if isinstance(images, torch.Tensor) else images
             views = dihedral_views(x) if tta else [x]
-            outs = [self.session.run(None, {ONNX_INPUT: np.ascontiguousarray(v, dtype=np.float32)})[0] for v in views]
+            outs = [
+                self.session.run(None, {ONNX_INPUT: np.ascontiguousarray(v, dtype=np.float32)})[0]
+                for v in views
+            ]
             return np.mean(outs, axis=0).astype(np.float32)
         x = self.rt.to_device(images)
         with self.rt.autocast():

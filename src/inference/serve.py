@@ -13,6 +13,7 @@ Requests are served from a thread pool and decoding and inference are serialised
 concurrent requests are safe and memory stays bounded. Bad input gets a 4xx with a JSON
 {"detail": ...} message; it never kills the worker.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,10 +39,10 @@ from src.inference.predictor import Predictor, default_threads
 
 MAX_UPLOAD_BYTES = int(float(os.environ.get("MAX_UPLOAD_MB", "20")) * 1024 * 1024)
 MULTIPART_OVERHEAD = 64 * 1024  # form boundaries and headers around the file itself
-BODY_TIMEOUT_S = float(os.environ.get("BODY_TIMEOUT_S", "30"))      # the whole body must arrive within this
+BODY_TIMEOUT_S = float(os.environ.get("BODY_TIMEOUT_S", "30"))  # the whole body must arrive within this
 HEADER_TIMEOUT_S = float(os.environ.get("HEADER_TIMEOUT_S", "10"))  # request headers must arrive within this
-LIMIT_CONCURRENCY = 32          # connections at once; more get 503 instead of exhausting file descriptors
-KEEP_ALIVE_S = 5                # idle keep-alive connections are closed after this
+LIMIT_CONCURRENCY = 32  # connections at once; more get 503 instead of exhausting file descriptors
+KEEP_ALIVE_S = 5  # idle keep-alive connections are closed after this
 ACCEPTED_TYPES = {"image/jpeg", "image/jpg", "image/png", "application/octet-stream"}
 DESCRIPTION = """Melanoma probability for a dermoscopy image (ResNet50 trained on ISIC data).
 
@@ -62,7 +63,7 @@ def load_predictor() -> str | None:
         return "set MODEL_PATH to a checkpoint (.pth) or an exported model (.onnx)"
     try:
         STATE["predictor"] = Predictor(path, threads=default_threads())
-    except Exception as e:  # noqa: BLE001 - any failure must stop start-up, never leave a model-less service
+    except Exception as e:  # any failure must stop start-up: never a service without a model
         return str(e).splitlines()[0] if str(e) else type(e).__name__
     STATE["lock"] = threading.Lock()
     return None
@@ -101,7 +102,9 @@ async def limited_request(scope, receive, send):
     without spooling the rest to disk."""
     length = dict(scope["headers"]).get(b"content-length", b"")
     if length.isdigit() and int(length) > MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD:
-        return await send_json(send, 413, f"upload too large: {int(length):,} bytes, limit {MAX_UPLOAD_BYTES:,}")
+        return await send_json(
+            send, 413, f"upload too large: {int(length):,} bytes, limit {MAX_UPLOAD_BYTES:,}"
+        )
     state = {"bytes": 0, "refused": None, "started": False}
     deadline = time.monotonic() + BODY_TIMEOUT_S
 
@@ -133,16 +136,26 @@ async def limited_request(scope, receive, send):
 
 async def send_json(send, status: int, detail: str) -> None:
     body = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
 def read_image_upload(file: UploadFile) -> bytes:
     """The upload's bytes, checked for type, size, pixel count and aspect ratio before any decoding."""
     if file.content_type and file.content_type.split(";")[0].strip().lower() not in ACCEPTED_TYPES:
-        raise HTTPException(415, f"unsupported content type {file.content_type!r}; upload a JPEG or PNG image")
+        raise HTTPException(
+            415, f"unsupported content type {file.content_type!r}; upload a JPEG or PNG image"
+        )
     data = file.file.read(MAX_UPLOAD_BYTES + 1)
     if len(data) > MAX_UPLOAD_BYTES:
         raise HTTPException(413, f"upload too large: limit {MAX_UPLOAD_BYTES:,} bytes")
@@ -187,10 +200,13 @@ def predict(file: UploadFile = File(..., description="JPEG or PNG image"), tta: 
 def explain(file: UploadFile = File(..., description="JPEG or PNG image")):
     from src.data.transforms import load_input_bytes
     from src.inference.gradcam import grad_cam, overlay_png
+
     data = read_image_upload(file)
     predictor = STATE["predictor"]
     if predictor.kind != "pytorch":
-        raise HTTPException(409, "Grad-CAM needs a PyTorch checkpoint (.pth); this service runs an ONNX model")
+        raise HTTPException(
+            409, "Grad-CAM needs a PyTorch checkpoint (.pth); this service runs an ONNX model"
+        )
     try:
         with STATE["lock"]:  # decoding too: eight concurrent 49 MP decodes would take 2 GB at once
             image = load_input_bytes(data, predictor.img_size, file.filename or "upload")
@@ -246,13 +262,22 @@ class RateLimitedLog(logging.Filter):
 
 def main(argv=None) -> int:
     import uvicorn
-    ap = argparse.ArgumentParser(description="Serve the melanoma classifier over HTTP (MODEL_PATH names the model).")
+
+    ap = argparse.ArgumentParser(
+        description="Serve the melanoma classifier over HTTP (MODEL_PATH names the model)."
+    )
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000)
     args = ap.parse_args(argv)
-    config = uvicorn.Config(app, host=args.host, port=args.port, http=HeaderTimeoutProtocol,
-                            limit_concurrency=LIMIT_CONCURRENCY, timeout_keep_alive=KEEP_ALIVE_S,
-                            h11_max_incomplete_event_size=16 * 1024)
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        http=HeaderTimeoutProtocol,
+        limit_concurrency=LIMIT_CONCURRENCY,
+        timeout_keep_alive=KEEP_ALIVE_S,
+        h11_max_incomplete_event_size=16 * 1024,
+    )
     for name in ("uvicorn.error", "uvicorn.access", "asyncio"):
         logging.getLogger(name).addFilter(RateLimitedLog())
     server = uvicorn.Server(config)

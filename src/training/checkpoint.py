@@ -4,6 +4,7 @@ Checkpoints hold only tensors and plain Python values, so they load with
 `torch.load(..., weights_only=True)`: opening a checkpoint never runs pickled code.
 Writes go to a temporary file and are renamed into place, so a crash leaves the old file intact.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,8 +29,11 @@ class CheckpointError(Exception):
 
 
 def versions() -> dict:
-    return {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
-            "python": platform.python_version()}
+    return {
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
+        "python": platform.python_version(),
+    }
 
 
 def weights_digest(state: dict) -> str:
@@ -54,14 +58,20 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path} holds objects other than tensors and plain values; refusing to "
-                              f"load it (weights_only=True). Details: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(
+            f"{path} holds objects other than tensors and plain values; refusing to "
+            f"load it (weights_only=True). Details: {str(e).splitlines()[0]}"
+        ) from None
     except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (corrupted or truncated?): "
-                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint (corrupted or truncated?): "
+            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a checkpoint of this project (expected format {FORMAT!r}); "
-                              f"use one written by src/training/train.py")
+        raise CheckpointError(
+            f"{path} is not a checkpoint of this project (expected format {FORMAT!r}); "
+            f"use one written by src/training/train.py"
+        )
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if missing:
         raise CheckpointError(f"{path} lacks {missing}; it may come from an incompatible version")
@@ -80,8 +90,14 @@ def check_settings(s: dict, source) -> None:
     if s.get("arch") not in ARCHITECTURES:
         problems.append(f"arch {s.get('arch')!r} is not one of {ARCHITECTURES}")
     size = s.get("img_size")
-    if not (isinstance(size, int) and not isinstance(size, bool) and IMG_SIZE_RANGE[0] <= size <= IMG_SIZE_RANGE[1]):
-        problems.append(f"img_size {size!r} is not a whole number of pixels in {IMG_SIZE_RANGE[0]}..{IMG_SIZE_RANGE[1]}")
+    if not (
+        isinstance(size, int)
+        and not isinstance(size, bool)
+        and IMG_SIZE_RANGE[0] <= size <= IMG_SIZE_RANGE[1]
+    ):
+        problems.append(
+            f"img_size {size!r} is not a whole number of pixels in {IMG_SIZE_RANGE[0]}..{IMG_SIZE_RANGE[1]}"
+        )
     for key in ("mean", "std"):
         v = s.get(key)
         if not (isinstance(v, (list, tuple)) and len(v) == 3 and all(_number(x) and 0 <= x <= 1 for x in v)):
@@ -103,7 +119,9 @@ def model_from_checkpoint(ckpt: dict) -> MelanomaNet:
     try:
         model.load_state_dict(ckpt["model_state"])
     except (RuntimeError, TypeError, AttributeError) as e:  # wrong shapes, or not a state dict at all
-        raise CheckpointError(f"checkpoint weights do not fit {ckpt['arch']}: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(
+            f"checkpoint weights do not fit {ckpt['arch']}: {str(e).splitlines()[0]}"
+        ) from None
     return model.eval()
 
 

@@ -1,4 +1,5 @@
 """`--NAME=value` command-line overrides of a script's UPPER_CASE constants, checked against their types."""
+
 from __future__ import annotations
 
 TRUE_WORDS, FALSE_WORDS = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}

@@ -1,4 +1,5 @@
 """DistributedDataParallel plumbing for torchrun (NCCL on GPUs, gloo on CPU); no-ops in a single process."""
+
 from __future__ import annotations
 
 import os

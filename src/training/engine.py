@@ -5,6 +5,7 @@ is augmented there in one batched call, and the model normalises it. Loss and ac
 on the device and read back every LOG_EVERY steps, not every step, so the GPU is never stalled by
 a host sync per batch.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -47,16 +48,18 @@ def pick_device(local_rank: int = 0) -> torch.device:
 @dataclass
 class Runtime:
     """Where and how tensors run; shared by training, evaluation and prediction."""
+
     device: torch.device
-    amp_dtype: torch.dtype | None = None   # None: full fp32
+    amp_dtype: torch.dtype | None = None  # None: full fp32
     channels_last: bool = False
     scaler: torch.amp.GradScaler | None = None
     rank: int = 0
     world_size: int = 1
 
     @classmethod
-    def for_training(cls, amp: bool, channels_last: bool, rank: int = 0, world_size: int = 1,
-                     local_rank: int = 0) -> "Runtime":
+    def for_training(
+        cls, amp: bool, channels_last: bool, rank: int = 0, world_size: int = 1, local_rank: int = 0
+    ) -> Runtime:
         device = pick_device(local_rank)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
@@ -66,7 +69,7 @@ class Runtime:
         return cls(device, dtype, channels_last and device.type == "cuda", scaler, rank, world_size)
 
     @classmethod
-    def for_inference(cls, checkpoint: dict | None = None) -> "Runtime":
+    def for_inference(cls, checkpoint: dict | None = None) -> Runtime:
         """The training policy's device, with the autocast dtype the training run validated with (its
         AMP setting). Evaluation and prediction share it, so they compute the same probabilities as
         each other and as the training history."""
@@ -75,10 +78,15 @@ class Runtime:
         return cls(device, amp_dtype_for(bool(amp)) if device.type == "cuda" else None)
 
     def describe(self) -> str:
-        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else \
-            f"{torch.get_num_threads()} threads"
-        return (f"{self.device.type} ({name}), autocast: {self.amp_dtype or 'off'}, channels_last: "
-                f"{self.channels_last}, processes: {self.world_size}")
+        name = (
+            torch.cuda.get_device_name(self.device)
+            if self.device.type == "cuda"
+            else f"{torch.get_num_threads()} threads"
+        )
+        return (
+            f"{self.device.type} ({name}), autocast: {self.amp_dtype or 'off'}, channels_last: "
+            f"{self.channels_last}, processes: {self.world_size}"
+        )
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -111,8 +119,9 @@ def make_loss(kind: str, pos_weight: float, gamma: float):
     """Per-sample loss function for the IMBALANCE setting."""
     if kind == "weighted_bce":
         weight = torch.tensor(pos_weight)
-        return lambda z, y: F.binary_cross_entropy_with_logits(z, y, pos_weight=weight.to(z.device),
-                                                               reduction="none")
+        return lambda z, y: F.binary_cross_entropy_with_logits(
+            z, y, pos_weight=weight.to(z.device), reduction="none"
+        )
     if kind == "focal":
         return lambda z, y: focal_loss(z, y, gamma)
     if kind in ("sampler", "none"):
@@ -139,16 +148,24 @@ def _backward_and_step(loss: torch.Tensor, optimizer, scaler: torch.amp.GradScal
     scaler.update()
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, rt: Runtime, epoch: int, seed: int,
-                    max_steps: int = 0) -> dict:
+def train_one_epoch(
+    model, loader, optimizer, scheduler, loss_fn, rt: Runtime, epoch: int, seed: int, max_steps: int = 0
+) -> dict:
     model.train()
     # Augmentation randomness from (seed, epoch) alone: a resumed run repeats it exactly.
     gen = torch.Generator(device=rt.device).manual_seed(seed * 1009 + epoch)
     sums = torch.zeros(3, device=rt.device, dtype=torch.float64)  # loss * n, correct, n
     skipped: list[int] = []
     total = min(len(loader), max_steps) if max_steps else len(loader)
-    bar = tqdm(loader, total=total, desc=f"train {epoch + 1}", unit="batch", disable=rt.rank != 0,
-               leave=False, dynamic_ncols=True)
+    bar = tqdm(
+        loader,
+        total=total,
+        desc=f"train {epoch + 1}",
+        unit="batch",
+        disable=rt.rank != 0,
+        leave=False,
+        dynamic_ncols=True,
+    )
     start, step = time.perf_counter(), -1
     for step, (images, targets, index, ok) in enumerate(bar):
         if step >= total:
@@ -167,16 +184,23 @@ def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, rt: Runtime, e
         if step % LOG_EVERY == 0:
             _check_finite(sums[0], epoch, step)
             seen = sums[2].item() * rt.world_size
-            bar.set_postfix(loss=f"{sums[0].item() / max(sums[2].item(), 1):.4f}",
-                            img_s=f"{seen / (time.perf_counter() - start):.0f}")
+            bar.set_postfix(
+                loss=f"{sums[0].item() / max(sums[2].item(), 1):.4f}",
+                img_s=f"{seen / (time.perf_counter() - start):.0f}",
+            )
     _check_finite(sums[0], epoch, step)
     sums = dist.all_reduce_sum(sums)
     seconds = time.perf_counter() - start
     skipped = dist.gather_lists(skipped)
     n = max(sums[2].item(), 1.0)
-    return {"loss": sums[0].item() / n, "accuracy": sums[1].item() / n, "images": int(sums[2].item()),
-            "seconds": seconds, "images_per_s": (sums[2].item() + len(skipped)) / seconds,
-            "skipped": skipped}
+    return {
+        "loss": sums[0].item() / n,
+        "accuracy": sums[1].item() / n,
+        "images": int(sums[2].item()),
+        "seconds": seconds,
+        "images_per_s": (sums[2].item() + len(skipped)) / seconds,
+        "skipped": skipped,
+    }
 
 
 @torch.no_grad()
@@ -184,8 +208,9 @@ def predict(model, loader, rt: Runtime, tta: bool = False, desc: str = "val") ->
     """Logits for every sample of `loader` (gathered across DDP ranks), with targets, indices, ok flags."""
     model.eval()
     out = {"logits": [], "targets": [], "index": [], "ok": []}
-    for images, targets, index, ok in tqdm(loader, desc=desc, unit="batch", disable=rt.rank != 0,
-                                           leave=False, dynamic_ncols=True):
+    for images, targets, index, ok in tqdm(
+        loader, desc=desc, unit="batch", disable=rt.rank != 0, leave=False, dynamic_ncols=True
+    ):
         x = rt.to_device(images)
         views = dihedral_views(x) if tta else [x]
         with rt.autocast():
@@ -206,9 +231,19 @@ def validate(model, loader, rt: Runtime, threshold: float = 0.5, tta: bool = Fal
     pred = predict(model, loader, rt, tta)
     ok = pred["ok"].astype(bool)
     logits, targets = pred["logits"][ok], pred["targets"][ok]
-    loss = F.binary_cross_entropy_with_logits(torch.from_numpy(logits), torch.from_numpy(targets)).item() \
-        if ok.any() else math.nan
+    loss = (
+        F.binary_cross_entropy_with_logits(torch.from_numpy(logits), torch.from_numpy(targets)).item()
+        if ok.any()
+        else math.nan
+    )
     probs = sigmoid(logits)
     skipped = pred["index"][~ok].tolist()
-    return {"loss": loss, **epoch_metrics(targets, probs, threshold), "skipped": skipped,
-            "probs": probs, "targets": targets, "index": pred["index"][ok], "seconds": time.perf_counter() - start}
+    return {
+        "loss": loss,
+        **epoch_metrics(targets, probs, threshold),
+        "skipped": skipped,
+        "probs": probs,
+        "targets": targets,
+        "index": pred["index"][ok],
+        "seconds": time.perf_counter() - start,
+    }

@@ -12,12 +12,13 @@ saved threshold and calibration (never refitting them on a test set).
 Writes report.json, report.md, predictions.csv and PNG plots to eval/ beside the checkpoint.
 About 1 minute for 6,600 images on one GPU; the bootstrap adds about 2 s per 1,000 resamples.
 """
+
 from __future__ import annotations
 
 import argparse
 import math
-from datetime import datetime, timezone
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 if __name__ == "__main__":
@@ -27,8 +28,8 @@ import numpy as np
 import pandas as pd
 
 from src.data.atomic import atomic_write_json, atomic_write_text
-from src.data.loader import ImageDataset, default_workers, make_loader
 from src.data.labels import DataError, load_labeled_images
+from src.data.loader import ImageDataset, default_workers, make_loader
 from src.data.metadata import group_kinds, split_groups, text
 from src.data.splits import SplitError, read_split, split_digest
 from src.training import metrics as M
@@ -54,22 +55,35 @@ def own_validation_set(ckpt: dict, ckpt_path: Path) -> tuple[pd.DataFrame, str]:
     split_path = ckpt_path.parent / ckpt.get("split_file", "split.csv")
     split = read_split(split_path)
     if ckpt.get("split_sha256") and split_digest(split_path) != ckpt["split_sha256"]:
-        raise EvaluationError(f"{split_path} is not the split this model was trained with (its SHA-256 differs "
-                              f"from the one in {ckpt_path.name}; was another run written to this folder?). "
-                              f"Its 'validation' images may be training images of this model: refusing to "
-                              f"evaluate on them. Pass an independent set with --metadata/--images.")
+        raise EvaluationError(
+            f"{split_path} is not the split this model was trained with (its SHA-256 differs "
+            f"from the one in {ckpt_path.name}; was another run written to this folder?). "
+            f"Its 'validation' images may be training images of this model: refusing to "
+            f"evaluate on them. Pass an independent set with --metadata/--images."
+        )
     missing = [k for k in DATA_SETTINGS if k not in c]
     if missing:
-        raise EvaluationError(f"{ckpt_path} does not record the training setting(s) {missing}, so its validation "
-                              f"set cannot be rebuilt; evaluate a labelled set with --metadata/--images instead")
-    data = load_labeled_images(c["METADATA_CSV"], c["DATA_DIR"], ckpt["img_size"], c["CACHE_DIR"] or None,
-                               c["DUPLICATES_CSV"] or None, c["MALIGNANT_NON_MELANOMA"], skip_missing=True)
+        raise EvaluationError(
+            f"{ckpt_path} does not record the training setting(s) {missing}, so its validation "
+            f"set cannot be rebuilt; evaluate a labelled set with --metadata/--images instead"
+        )
+    data = load_labeled_images(
+        c["METADATA_CSV"],
+        c["DATA_DIR"],
+        ckpt["img_size"],
+        c["CACHE_DIR"] or None,
+        c["DUPLICATES_CSV"] or None,
+        c["MALIGNANT_NON_MELANOMA"],
+        skip_missing=True,
+    )
     val_names = split.loc[split["split"] == "val", "image_name"]
     table = data.table.set_index("image_name")
     absent = [n for n in val_names if n not in table.index]
     if absent:
-        raise EvaluationError(f"{len(absent)} validation images of {split_path} are not in the data "
-                              f"({', '.join(absent[:5])}); was the data moved? Pass --metadata/--images.")
+        raise EvaluationError(
+            f"{len(absent)} validation images of {split_path} are not in the data "
+            f"({', '.join(absent[:5])}); was the data moved? Pass --metadata/--images."
+        )
     return table.loc[val_names].reset_index(), f"the run's validation split ({split_path})"
 
 
@@ -82,8 +96,12 @@ def external_set(metadata: str, images: str | None, img_size: int) -> tuple[pd.D
 def run_predictions(model, ckpt: dict, table: pd.DataFrame, args) -> dict:
     rt, img_size = Runtime.for_inference(ckpt), ckpt["img_size"]
     model = model.to(rt.device)
-    loader = make_loader(ImageDataset(table["path"], table["target"], img_size), args.batch_size,
-                         workers=default_workers(args.workers), pin_memory=rt.device.type == "cuda")
+    loader = make_loader(
+        ImageDataset(table["path"], table["target"], img_size),
+        args.batch_size,
+        workers=default_workers(args.workers),
+        pin_memory=rt.device.type == "cuda",
+    )
     return predict(model, loader, rt, tta=args.tta, desc="evaluate")
 
 
@@ -108,10 +126,14 @@ UNKNOWN = "unknown"  # a missing age, sex or site is a subgroup of its own, repo
 
 
 def subgroup_values(table: pd.DataFrame) -> dict[str, np.ndarray]:
-    bands = pd.cut(table["age_approx"], [b[0] for b in AGE_BANDS] + [200], right=False,
-                   labels=[b[2] for b in AGE_BANDS]).astype(object)
-    columns = {"sex": text(table["sex"]), "anatomic site": text(table["anatom_site"]),
-               "age band": text(bands)}
+    bands = pd.cut(
+        table["age_approx"], [b[0] for b in AGE_BANDS] + [200], right=False, labels=[b[2] for b in AGE_BANDS]
+    ).astype(object)
+    columns = {
+        "sex": text(table["sex"]),
+        "anatomic site": text(table["anatom_site"]),
+        "age band": text(bands),
+    }
     return {name: values.replace("", UNKNOWN).to_numpy() for name, values in columns.items()}
 
 
@@ -122,9 +144,21 @@ def subgroups(table: pd.DataFrame, y, p, groups, n, seed) -> list[dict]:
             mask = values == value
             ys, ps = y[mask], p[mask]
             enough = min(int(ys.sum()), int((ys == 0).sum())) >= MIN_CASES_FOR_AUC
-            ci = M.bootstrap(ys, ps, groups[mask], {"auc": M.roc_auc}, n, seed)["auc"] if enough else (None, None)
-            out.append({"attribute": attribute, "value": value, "images": int(mask.sum()), "melanoma": int(ys.sum()),
-                        "auc": M.roc_auc(ys, ps) if enough else None, "ci95": ci})
+            ci = (
+                M.bootstrap(ys, ps, groups[mask], {"auc": M.roc_auc}, n, seed)["auc"]
+                if enough
+                else (None, None)
+            )
+            out.append(
+                {
+                    "attribute": attribute,
+                    "value": value,
+                    "images": int(mask.sum()),
+                    "melanoma": int(ys.sum()),
+                    "auc": M.roc_auc(ys, ps) if enough else None,
+                    "ci95": ci,
+                }
+            )
     return out
 
 
@@ -133,37 +167,58 @@ def calibrate(ckpt: dict, logits, y, own_split: bool, min_sensitivity: float) ->
     if own_split:
         temperature, bias = M.fit_temperature(logits, y)
         p = M.calibrated(logits, temperature, bias)
-        return {"temperature": temperature, "bias": bias, "threshold": M.threshold_for_sensitivity(y, p, min_sensitivity),
-                "rule": f"highest threshold with sensitivity >= {min_sensitivity:.2f} on the validation split",
-                "fitted_on": "fitted on this validation split"}
+        return {
+            "temperature": temperature,
+            "bias": bias,
+            "threshold": M.threshold_for_sensitivity(y, p, min_sensitivity),
+            "rule": f"highest threshold with sensitivity >= {min_sensitivity:.2f} on the validation split",
+            "fitted_on": "fitted on this validation split",
+        }
     fitted = ckpt.get("calibrated_on")
-    return {"temperature": ckpt.get("temperature", 1.0), "bias": ckpt.get("logit_bias", 0.0),
-            "threshold": ckpt.get("threshold", 0.5), "rule": ckpt.get("threshold_rule", "default 0.5"),
-            "fitted_on": f"from the checkpoint, fitted on {fitted}" if fitted else
-            "none fitted yet: evaluate the run's validation split first"}
+    return {
+        "temperature": ckpt.get("temperature", 1.0),
+        "bias": ckpt.get("logit_bias", 0.0),
+        "threshold": ckpt.get("threshold", 0.5),
+        "rule": ckpt.get("threshold_rule", "default 0.5"),
+        "fitted_on": f"from the checkpoint, fitted on {fitted}"
+        if fitted
+        else "none fitted yet: evaluate the run's validation split first",
+    }
 
 
 def save_calibration(ckpt: dict, path: Path, cal: dict) -> None:
     """Write the fitted calibration into the checkpoint: threshold, temperature, logit_bias,
     threshold_rule, calibrated_on and calibrated_at. The weights are untouched, so the model_version
     that prediction and serving report (a hash of the weights) stays the same."""
-    ckpt.update({"threshold": cal["threshold"], "temperature": cal["temperature"], "logit_bias": cal["bias"],
-                 "threshold_rule": cal["rule"], "calibrated_on": "the run's validation split",
-                 "calibrated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    ckpt.update(
+        {
+            "threshold": cal["threshold"],
+            "temperature": cal["temperature"],
+            "logit_bias": cal["bias"],
+            "threshold_rule": cal["rule"],
+            "calibrated_on": "the run's validation split",
+            "calibrated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+    )
     save_checkpoint(ckpt, path)
 
 
 def make_plots(out: Path, y, p_raw, p_cal, groups, cal, report: dict, ckpt_path: Path, args) -> dict:
     band = M.roc_band(y, p_cal, groups, min(args.bootstrap, 500), args.seed)
     op, auc_ci = report["operating_point"], report["ci95"]["roc_auc"]
-    plots = {"ROC curve": R.plot_roc(y, p_cal, band, op, auc_ci, out / "roc.png"),
-             "Precision-recall": R.plot_pr(y, p_cal, out / "precision_recall.png"),
-             "Reliability diagram": R.plot_reliability(y, p_raw, p_cal, out / "reliability.png"),
-             "Score histograms": R.plot_histograms(y, p_cal, cal["threshold"], out / "score_histograms.png")}
+    plots = {
+        "ROC curve": R.plot_roc(y, p_cal, band, op, auc_ci, out / "roc.png"),
+        "Precision-recall": R.plot_pr(y, p_cal, out / "precision_recall.png"),
+        "Reliability diagram": R.plot_reliability(y, p_raw, p_cal, out / "reliability.png"),
+        "Score histograms": R.plot_histograms(y, p_cal, cal["threshold"], out / "score_histograms.png"),
+    }
     history = ckpt_path.parent / "training_history.json"
     if history.is_file():
         import json
-        plots["Training curves"] = R.plot_training_curves(json.loads(history.read_text()), out / "training_curves.png")
+
+        plots["Training curves"] = R.plot_training_curves(
+            json.loads(history.read_text()), out / "training_curves.png"
+        )
     return plots
 
 
@@ -185,8 +240,10 @@ def check_set(table: pd.DataFrame, y) -> None:
         raise EvaluationError("the evaluation set is empty (no readable labelled images)")
     if not M.has_both_classes(y):
         only = "melanoma" if y[0] == 1 else "benign"
-        raise EvaluationError(f"the evaluation set has only {only} images ({len(y)}); ROC AUC, sensitivity and "
-                              f"specificity need both melanoma and benign cases")
+        raise EvaluationError(
+            f"the evaluation set has only {only} images ({len(y)}); ROC AUC, sensitivity and "
+            f"specificity need both melanoma and benign cases"
+        )
 
 
 def readable_rows(table: pd.DataFrame, pred: dict) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, int]:
@@ -198,8 +255,9 @@ def readable_rows(table: pd.DataFrame, pred: dict) -> tuple[pd.DataFrame, np.nda
     return rows, pred["logits"][ok], y, int((~ok).sum())
 
 
-def build_report(args, ckpt: dict, table: pd.DataFrame, description: str, logits, y, cal: dict,
-                 unreadable: int) -> dict:
+def build_report(
+    args, ckpt: dict, table: pd.DataFrame, description: str, logits, y, cal: dict, unreadable: int
+) -> dict:
     """Every figure of the report, from labels, logits and the calibration; writes nothing."""
     own = args.metadata is None
     groups = split_groups(table)
@@ -210,33 +268,55 @@ def build_report(args, ckpt: dict, table: pd.DataFrame, description: str, logits
     op, ci_op = operating_metrics(y, p, cal["threshold"], groups, args.bootstrap, args.seed)
     notes = [f"{unreadable} unreadable images were left out."] if unreadable else []
     if own:
-        notes.append("Threshold and calibration were fitted on this same validation split, so the figures at the "
-                     "operating point are optimistic; confirm them on an external set (--metadata/--images).")
+        notes.append(
+            "Threshold and calibration were fitted on this same validation split, so the figures at the "
+            "operating point are optimistic; confirm them on an external set (--metadata/--images)."
+        )
     if ckpt.get("config", {}).get("DATA_DIR", "").rstrip("/").endswith("demo") and own:
         notes.append("SYNTHETIC demo data: these figures say nothing about real skin lesions.")
-    return {"checkpoint": args.checkpoint, "epoch": ckpt.get("epoch"), "tta": args.tta, "notes": notes,
-            "set": {"name": "validation split" if own else Path(args.metadata).name, "description": description,
-                    "images": len(y), "melanoma": int(y.sum()), "groups": int(len(set(groups))), "group_unit": unit},
-            "bootstrap": {"resamples": args.bootstrap, "seed": args.seed, "unit": unit},
-            "metrics": metrics, "ci95": M.bootstrap(y, p, groups, metric_fns(), args.bootstrap, args.seed),
-            "threshold_rule": cal["rule"], "operating_point": op, "ci95_operating": ci_op,
-            "all_benign_accuracy": float(1 - y.mean()),
-            "calibration": {k: cal[k] for k in ("temperature", "bias", "fitted_on")},
-            "subgroups": subgroups(table, y, p, groups, args.bootstrap, args.seed)}
+    return {
+        "checkpoint": args.checkpoint,
+        "epoch": ckpt.get("epoch"),
+        "tta": args.tta,
+        "notes": notes,
+        "set": {
+            "name": "validation split" if own else Path(args.metadata).name,
+            "description": description,
+            "images": len(y),
+            "melanoma": int(y.sum()),
+            "groups": int(len(set(groups))),
+            "group_unit": unit,
+        },
+        "bootstrap": {"resamples": args.bootstrap, "seed": args.seed, "unit": unit},
+        "metrics": metrics,
+        "ci95": M.bootstrap(y, p, groups, metric_fns(), args.bootstrap, args.seed),
+        "threshold_rule": cal["rule"],
+        "operating_point": op,
+        "ci95_operating": ci_op,
+        "all_benign_accuracy": float(1 - y.mean()),
+        "calibration": {k: cal[k] for k in ("temperature", "bias", "fitted_on")},
+        "subgroups": subgroups(table, y, p, groups, args.bootstrap, args.seed),
+    }
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description="Evaluate a melanoma checkpoint.")
     ap.add_argument("--checkpoint", required=True)
-    ap.add_argument("--metadata", help="a labelled set in any supported format (default: the run's validation split)")
+    ap.add_argument(
+        "--metadata", help="a labelled set in any supported format (default: the run's validation split)"
+    )
     ap.add_argument("--images", help="image folder for --metadata (default: the CSV's folder)")
     ap.add_argument("--out", help="output folder (default: eval/ beside the checkpoint)")
     ap.add_argument("--tta", action="store_true", help="average the 8 flips/transposes")
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--workers", type=int, default=-1, help="data loading processes (-1: one per core, at most 16)")
+    ap.add_argument(
+        "--workers", type=int, default=-1, help="data loading processes (-1: one per core, at most 16)"
+    )
     ap.add_argument("--bootstrap", type=int, default=1000, help="patient resamples for the 95%% intervals")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--min-sensitivity", type=float, default=0.90, help="threshold rule: sensitivity at least this")
+    ap.add_argument(
+        "--min-sensitivity", type=float, default=0.90, help="threshold rule: sensitivity at least this"
+    )
     return ap.parse_args(argv)
 
 
@@ -245,9 +325,16 @@ def evaluate_checkpoint(args) -> dict:
     ckpt_path = Path(args.checkpoint)
     ckpt = load_checkpoint(ckpt_path)
     model = model_from_checkpoint(ckpt)
-    table, description = (external_set(args.metadata, args.images, ckpt["img_size"]) if args.metadata
-                          else own_validation_set(ckpt, ckpt_path))
-    out = Path(args.out) if args.out else ckpt_path.parent / "eval" / (Path(args.metadata).stem if args.metadata else "")
+    table, description = (
+        external_set(args.metadata, args.images, ckpt["img_size"])
+        if args.metadata
+        else own_validation_set(ckpt, ckpt_path)
+    )
+    out = (
+        Path(args.out)
+        if args.out
+        else ckpt_path.parent / "eval" / (Path(args.metadata).stem if args.metadata else "")
+    )
     out.mkdir(parents=True, exist_ok=True)
     table, logits, y, unreadable = readable_rows(table, run_predictions(model, ckpt, table, args))
     cal = calibrate(ckpt, logits, y, args.metadata is None, args.min_sensitivity)
@@ -255,9 +342,12 @@ def evaluate_checkpoint(args) -> dict:
         save_calibration(ckpt, ckpt_path, cal)  # what prediction, serving and export read
     report = build_report(args, ckpt, table, description, logits, y, cal, unreadable)
     p = M.calibrated(logits, cal["temperature"], cal["bias"])
-    report["plots"] = make_plots(out, y, M.sigmoid(logits), p, split_groups(table), cal, report, ckpt_path, args)
+    report["plots"] = make_plots(
+        out, y, M.sigmoid(logits), p, split_groups(table), cal, report, ckpt_path, args
+    )
     pd.DataFrame({"image_name": table["image_name"], "target": y, "logit": logits, "probability": p}).to_csv(
-        out / "predictions.csv", index=False)
+        out / "predictions.csv", index=False
+    )
     report = clean(report)
     atomic_write_json(out / "report.json", report)
     atomic_write_text(out / "report.md", R.markdown(report))
@@ -272,9 +362,11 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     m, ci, op = report["metrics"], report["ci95"], report["operating_point"]
-    print(f"{report['set']['images']} images, {report['set']['melanoma']} melanoma: ROC AUC {m['roc_auc']:.4f} "
-          f"[{ci['roc_auc'][0]:.4f}, {ci['roc_auc'][1]:.4f}], pAUC {m['pauc_tpr80']:.4f}; at threshold "
-          f"{op['threshold']:.4f}: sensitivity {op['sensitivity']:.3f}, specificity {op['specificity']:.3f}")
+    print(
+        f"{report['set']['images']} images, {report['set']['melanoma']} melanoma: ROC AUC {m['roc_auc']:.4f} "
+        f"[{ci['roc_auc'][0]:.4f}, {ci['roc_auc'][1]:.4f}], pAUC {m['pauc_tpr80']:.4f}; at threshold "
+        f"{op['threshold']:.4f}: sensitivity {op['sensitivity']:.3f}, specificity {op['specificity']:.3f}"
+    )
     print(f"report: {report['out']}/report.md")
     return 0
 

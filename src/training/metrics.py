@@ -4,6 +4,7 @@ Plain numpy, so that a 1,000-resample bootstrap is fast; tests check every figur
 scikit-learn. At 1.76% melanoma, accuracy is nearly meaningless (all-benign scores 0.982): the
 project selects and reports by ROC AUC, partial AUC and sensitivity/specificity.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,7 +26,7 @@ def has_both_classes(y) -> bool:
 
 
 def roc_curve(y, s):
-    """(fpr, tpr, thresholds) at every distinct score, from (0, 0) at +inf: sklearn's drop_intermediate=False."""
+    """(fpr, tpr, thresholds) at every distinct score, from (0, 0) at +inf (drop_intermediate=False)."""
     y, s = _as_arrays(y, s)
     order = np.argsort(-s, kind="mergesort")
     s, y = s[order], y[order]
@@ -85,13 +86,26 @@ def at_threshold(y, p, threshold: float) -> dict:
     pred = p >= threshold
     tp, fp = int(np.sum(pred & (y == 1))), int(np.sum(pred & (y == 0)))
     fn, tn = int(np.sum(~pred & (y == 1))), int(np.sum(~pred & (y == 0)))
-    ratio = lambda a, b: a / b if b else math.nan  # noqa: E731
+
+    def ratio(a, b):
+        return a / b if b else math.nan
+
     sens, spec = ratio(tp, tp + fn), ratio(tn, tn + fp)
     ppv = ratio(tp, tp + fp)
-    return {"threshold": float(threshold), "tp": tp, "fp": fp, "tn": tn, "fn": fn,
-            "sensitivity": sens, "specificity": spec, "balanced_accuracy": (sens + spec) / 2,
-            "ppv": ppv, "npv": ratio(tn, tn + fn), "f1": ratio(2 * tp, 2 * tp + fp + fn),
-            "accuracy": ratio(tp + tn, len(y))}
+    return {
+        "threshold": float(threshold),
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+        "sensitivity": sens,
+        "specificity": spec,
+        "balanced_accuracy": (sens + spec) / 2,
+        "ppv": ppv,
+        "npv": ratio(tn, tn + fn),
+        "f1": ratio(2 * tp, 2 * tp + fp + fn),
+        "accuracy": ratio(tp + tn, len(y)),
+    }
 
 
 def sensitivity_at_specificity(y, s, min_spec: float) -> float:
@@ -137,8 +151,13 @@ def expected_calibration_error(y, p, bins: int = 10) -> float:
 def epoch_metrics(y, p, threshold: float = 0.5) -> dict:
     """What each training epoch reports on the validation set."""
     t = at_threshold(y, p, threshold)
-    return {"auc": roc_auc(y, p), "pauc": partial_auc(y, p), "sensitivity": t["sensitivity"],
-            "specificity": t["specificity"], "accuracy": t["accuracy"]}
+    return {
+        "auc": roc_auc(y, p),
+        "pauc": partial_auc(y, p),
+        "sensitivity": t["sensitivity"],
+        "specificity": t["specificity"],
+        "accuracy": t["accuracy"],
+    }
 
 
 # ------------------------------------------------------------------------------ confidence intervals
@@ -171,7 +190,11 @@ def bootstrap(y, p, groups, metric_fns: dict, n_resamples: int = 1000, seed: int
     for name, vals in values.items():
         vals = np.asarray(vals, dtype=np.float64)
         vals = vals[np.isfinite(vals)]  # resamples with one class have no AUC
-        out[name] = (float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))) if len(vals) else (math.nan, math.nan)
+        out[name] = (
+            (float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5)))
+            if len(vals)
+            else (math.nan, math.nan)
+        )
     return out
 
 
@@ -201,6 +224,7 @@ def fit_temperature(logits, y, iterations: int = 200) -> tuple[float, float]:
     so AUC is unchanged.
     """
     import torch
+
     z = torch.as_tensor(np.asarray(logits, dtype=np.float64))
     t = torch.as_tensor(np.asarray(y, dtype=np.float64))
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
@@ -212,6 +236,7 @@ def fit_temperature(logits, y, iterations: int = 200) -> tuple[float, float]:
         loss = torch.nn.functional.binary_cross_entropy_with_logits(z / log_t.exp() + bias, t)
         loss.backward()
         return loss
+
     opt.step(closure)
     return float(log_t.detach().exp()), float(bias.detach())
 

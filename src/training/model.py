@@ -3,6 +3,7 @@
 The model takes uint8 (or 0..255 float) images and normalises them itself, so the data path ships
 uint8 to the device and every consumer (evaluation, prediction, serving, ONNX) gets the same maths.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -83,11 +84,13 @@ def fetch_weights(weights, cached: Path) -> None:
     except Exception as e:  # URLError, socket errors, HTTP errors...
         tmp.unlink(missing_ok=True)
         raise WeightsUnavailable(
-            f"ImageNet weights are not in the torch cache and could not be downloaded ({type(e).__name__}: {e}).\n"
+            f"ImageNet weights are not in the torch cache and could not be downloaded "
+            f"({type(e).__name__}: {e}).\n"
             f"  Expected file: {cached}\n"
             f"  Download {weights.url} on a machine with network and copy it there "
             f"(or set TORCH_HOME to a folder whose hub/checkpoints/ holds it),\n"
-            f"  or train from random weights with --PRETRAINED=False (much weaker on real data).") from None
+            f"  or train from random weights with --PRETRAINED=False (much weaker on real data)."
+        ) from None
 
 
 def verified_state_dict(weights, cached: Path) -> dict:
@@ -97,11 +100,14 @@ def verified_state_dict(weights, cached: Path) -> dict:
     if not actual.startswith(expected):
         raise WeightsUnavailable(
             f"{cached} is not the published file: its SHA-256 is {actual[:16]}..., the name promises "
-            f"{expected}... Refusing to load it. Delete it and download {weights.url} again.")
+            f"{expected}... Refusing to load it. Delete it and download {weights.url} again."
+        )
     try:
         return torch.load(cached, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means: not plain weights
-        raise WeightsUnavailable(f"{cached} could not be loaded as plain weights: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # any unpickling failure means: not plain weights
+        raise WeightsUnavailable(
+            f"{cached} could not be loaded as plain weights: {str(e).splitlines()[0]}"
+        ) from None
 
 
 def load_imagenet_backbone(model: MelanomaNet, arch: str) -> None:

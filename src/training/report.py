@@ -1,15 +1,16 @@
 """Evaluation plots (matplotlib, Agg backend: no display needed) and the Markdown report."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+matplotlib.use("Agg")  # before pyplot is imported: servers and CI have no display
+import matplotlib.pyplot as plt  # noqa: E402 - must follow matplotlib.use
+import numpy as np  # noqa: E402 - isort keeps it beside pyplot
 
-from src.training import metrics as M  # noqa: E402
+from src.training import metrics as M  # noqa: E402 - same block
 
 DPI = 120
 
@@ -26,14 +27,30 @@ def plot_roc(y, p, band, operating: dict, auc_ci, path: Path) -> str:
     grid, low, high = band
     fig, ax = plt.subplots(figsize=(5.5, 5))
     ax.fill_between(grid, low, high, color="tab:blue", alpha=0.2, label="95% band (patient bootstrap)")
-    ax.plot(fpr, tpr, color="tab:blue", lw=2,
-            label=f"ROC, AUC {M.roc_auc(y, p):.3f} [{auc_ci[0]:.3f}, {auc_ci[1]:.3f}]")
+    ax.plot(
+        fpr,
+        tpr,
+        color="tab:blue",
+        lw=2,
+        label=f"ROC, AUC {M.roc_auc(y, p):.3f} [{auc_ci[0]:.3f}, {auc_ci[1]:.3f}]",
+    )
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
     ax.axhline(0.8, color="tab:orange", lw=0.8, ls=":", label="TPR 0.8 (pAUC region above)")
-    ax.plot(1 - operating["specificity"], operating["sensitivity"], "o", color="tab:red", ms=8,
-            label=f"operating point (threshold {operating['threshold']:.3f})")
-    ax.set(xlabel="False positive rate (1 - specificity)", ylabel="True positive rate (sensitivity)",
-           title="ROC curve", xlim=(0, 1), ylim=(0, 1.01))
+    ax.plot(
+        1 - operating["specificity"],
+        operating["sensitivity"],
+        "o",
+        color="tab:red",
+        ms=8,
+        label=f"operating point (threshold {operating['threshold']:.3f})",
+    )
+    ax.set(
+        xlabel="False positive rate (1 - specificity)",
+        ylabel="True positive rate (sensitivity)",
+        title="ROC curve",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+    )
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)
@@ -42,11 +59,17 @@ def plot_roc(y, p, band, operating: dict, auc_ci, path: Path) -> str:
 def plot_pr(y, p, path: Path) -> str:
     precision, recall, _ = M.precision_recall_curve(y, p)
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    ax.step(np.r_[0, recall], np.r_[1, precision], where="post", lw=2,
-            label=f"AP {M.average_precision(y, p):.3f}")
+    ax.step(
+        np.r_[0, recall], np.r_[1, precision], where="post", lw=2, label=f"AP {M.average_precision(y, p):.3f}"
+    )
     ax.axhline(np.mean(y), ls="--", color="grey", lw=1, label=f"prevalence {np.mean(y):.3f}")
-    ax.set(xlabel="Recall (sensitivity)", ylabel="Precision (PPV)", title="Precision-recall",
-           xlim=(0, 1), ylim=(0, 1.01))
+    ax.set(
+        xlabel="Recall (sensitivity)",
+        ylabel="Precision (PPV)",
+        title="Precision-recall",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+    )
     ax.legend(loc="upper right", fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)
@@ -58,10 +81,20 @@ def plot_reliability(y, p_raw, p_cal, path: Path) -> str:
     for p, name, colour in ((p_raw, "before", "tab:orange"), (p_cal, "after", "tab:blue")):
         conf, rate, count = M.reliability_bins(y, p)
         used = count > 0
-        ax.plot(conf[used], rate[used], "o-", color=colour,
-                label=f"{name} calibration (ECE {M.expected_calibration_error(y, p):.3f})")
-    ax.set(xlabel="Predicted melanoma probability", ylabel="Observed melanoma rate",
-           title="Reliability diagram (10 bins)", xlim=(0, 1), ylim=(0, 1))
+        ax.plot(
+            conf[used],
+            rate[used],
+            "o-",
+            color=colour,
+            label=f"{name} calibration (ECE {M.expected_calibration_error(y, p):.3f})",
+        )
+    ax.set(
+        xlabel="Predicted melanoma probability",
+        ylabel="Observed melanoma rate",
+        title="Reliability diagram (10 bins)",
+        xlim=(0, 1),
+        ylim=(0, 1),
+    )
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)
@@ -74,8 +107,11 @@ def plot_histograms(y, p, threshold: float, path: Path) -> str:
     ax.hist(p[y == 1], bins=bins, alpha=0.6, color="tab:red", label=f"melanoma (n={int((y == 1).sum())})")
     ax.axvline(threshold, color="black", ls="--", lw=1, label=f"threshold {threshold:.3f}")
     ax.set_yscale("log")
-    ax.set(xlabel="Predicted melanoma probability (calibrated)", ylabel="Images (log scale)",
-           title="Scores per class")
+    ax.set(
+        xlabel="Predicted melanoma probability (calibrated)",
+        ylabel="Images (log scale)",
+        title="Scores per class",
+    )
     ax.legend(fontsize=8)
     return _save(fig, path)
 
@@ -85,15 +121,23 @@ def plot_training_curves(history: dict, path: Path) -> str | None:
     if not epochs:
         return None
     x = [e["epoch"] for e in epochs]
-    get = lambda k: [np.nan if e.get(k) is None else e[k] for e in epochs]  # noqa: E731
+
+    def get(k):
+        return [np.nan if e.get(k) is None else e[k] for e in epochs]
+
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     a.plot(x, get("train_loss"), "o-", label="train (training objective, e.g. weighted BCE)")
     a.plot(x, get("val_loss"), "o-", label="validation (plain BCE)")
     a.set(xlabel="Epoch", ylabel="Loss", title="Loss per epoch")
     a.legend()
     b.plot(x, get("val_auc"), "o-", color="tab:blue", label="validation AUC")
-    b.plot(x, [v * 5 if v == v else v for v in get("val_pauc")], "s--", color="tab:purple",
-           label="validation pAUC x 5 (max 1)")
+    b.plot(
+        x,
+        [v * 5 if v == v else v for v in get("val_pauc")],
+        "s--",
+        color="tab:purple",
+        label="validation pAUC x 5 (max 1)",
+    )
     b.set(xlabel="Epoch", ylabel="AUC", title="Validation AUC per epoch", ylim=(0, 1.01))
     b.legend(loc="lower right")
     for ax in (a, b):
@@ -103,7 +147,11 @@ def plot_training_curves(history: dict, path: Path) -> str | None:
 
 
 def _fmt(value, digits=3) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and not np.isfinite(value)) else f"{value:.{digits}f}"
+    return (
+        "n/a"
+        if value is None or (isinstance(value, float) and not np.isfinite(value))
+        else f"{value:.{digits}f}"
+    )
 
 
 def _with_ci(report: dict, key: str) -> str:
@@ -111,47 +159,86 @@ def _with_ci(report: dict, key: str) -> str:
     return f"{_fmt(value)} [{_fmt(low)}, {_fmt(high)}]"
 
 
-METRIC_LABELS = [("roc_auc", "ROC AUC"), ("pauc_tpr80", "partial AUC above TPR 0.8 (max 0.2)"),
-                 ("average_precision", "average precision")] + \
-    [(f"sens_at_spec_{k}", f"sensitivity at specificity 0.{k}") for k in ("80", "90", "95")] + \
-    [(f"spec_at_sens_{k}", f"specificity at sensitivity 0.{k}") for k in ("80", "90", "95")] + \
-    [("brier", "Brier score (calibrated)"), ("ece", "expected calibration error (calibrated)")]
+METRIC_LABELS = (
+    [
+        ("roc_auc", "ROC AUC"),
+        ("pauc_tpr80", "partial AUC above TPR 0.8 (max 0.2)"),
+        ("average_precision", "average precision"),
+    ]
+    + [(f"sens_at_spec_{k}", f"sensitivity at specificity 0.{k}") for k in ("80", "90", "95")]
+    + [(f"spec_at_sens_{k}", f"specificity at sensitivity 0.{k}") for k in ("80", "90", "95")]
+    + [("brier", "Brier score (calibrated)"), ("ece", "expected calibration error (calibrated)")]
+)
 
 
 def _header(report: dict) -> list[str]:
     s = report["set"]
-    lines = [f"# Evaluation report: {s['name']}", "",
-             f"Checkpoint `{report['checkpoint']}` (epoch {report['epoch']}), evaluated on {s['description']}: "
-             f"{s['images']:,} images, {s['melanoma']:,} melanoma, {s['groups']:,} {s['group_unit']}"
-             f"{', 8-way TTA' if report['tta'] else ''}.", ""]
+    lines = [
+        f"# Evaluation report: {s['name']}",
+        "",
+        f"Checkpoint `{report['checkpoint']}` (epoch {report['epoch']}), evaluated on {s['description']}: "
+        f"{s['images']:,} images, {s['melanoma']:,} melanoma, {s['groups']:,} {s['group_unit']}"
+        f"{', 8-way TTA' if report['tta'] else ''}.",
+        "",
+    ]
     for note in report["notes"]:
         lines += [f"> {note}", ""]
     b = report["bootstrap"]
-    return lines + [f"95% intervals: percentile bootstrap over {b['unit']} ({b['resamples']} resamples, seed {b['seed']}).", ""]
+    return lines + [
+        f"95% intervals: percentile bootstrap over {b['unit']} "
+        f"({b['resamples']} resamples, seed {b['seed']}).",
+        "",
+    ]
 
 
 def _operating(report: dict) -> list[str]:
     op, ci = report["operating_point"], report["ci95_operating"]
-    lines = [f"## At the operating threshold {op['threshold']:.4f} ({report['threshold_rule']})", "",
-             "| metric | value [95% CI] |", "|---|---|"]
-    lines += [f"| {k} | {_fmt(op[k])} [{_fmt(ci[k][0])}, {_fmt(ci[k][1])}] |"
-              for k in ("sensitivity", "specificity", "balanced_accuracy", "ppv", "npv", "f1")]
-    return lines + ["", "| | predicted melanoma | predicted benign |", "|---|---|---|",
-                    f"| melanoma | {op['tp']} (TP) | {op['fn']} (FN) |",
-                    f"| benign | {op['fp']} (FP) | {op['tn']} (TN) |", "",
-                    f"Accuracy {_fmt(op['accuracy'])}, against {_fmt(report['all_benign_accuracy'])} for a "
-                    f"model that calls every lesion benign.", ""]
+    lines = [
+        f"## At the operating threshold {op['threshold']:.4f} ({report['threshold_rule']})",
+        "",
+        "| metric | value [95% CI] |",
+        "|---|---|",
+    ]
+    lines += [
+        f"| {k} | {_fmt(op[k])} [{_fmt(ci[k][0])}, {_fmt(ci[k][1])}] |"
+        for k in ("sensitivity", "specificity", "balanced_accuracy", "ppv", "npv", "f1")
+    ]
+    return lines + [
+        "",
+        "| | predicted melanoma | predicted benign |",
+        "|---|---|---|",
+        f"| melanoma | {op['tp']} (TP) | {op['fn']} (FN) |",
+        f"| benign | {op['fp']} (FP) | {op['tn']} (TN) |",
+        "",
+        f"Accuracy {_fmt(op['accuracy'])}, against {_fmt(report['all_benign_accuracy'])} for a "
+        f"model that calls every lesion benign.",
+        "",
+    ]
 
 
 def _calibration_and_subgroups(report: dict) -> list[str]:
     m, c = report["metrics"], report["calibration"]
-    lines = ["## Calibration", "", f"Temperature {c['temperature']:.3f}, bias {c['bias']:.3f} ({c['fitted_on']}).", "",
-             "| | Brier | ECE |", "|---|---|---|", f"| before | {_fmt(m['brier_raw'])} | {_fmt(m['ece_raw'])} |",
-             f"| after | {_fmt(m['brier'])} | {_fmt(m['ece'])} |", "", "## Subgroups", "",
-             "| subgroup | images | melanoma | ROC AUC [95% CI] |", "|---|---|---|---|"]
+    lines = [
+        "## Calibration",
+        "",
+        f"Temperature {c['temperature']:.3f}, bias {c['bias']:.3f} ({c['fitted_on']}).",
+        "",
+        "| | Brier | ECE |",
+        "|---|---|---|",
+        f"| before | {_fmt(m['brier_raw'])} | {_fmt(m['ece_raw'])} |",
+        f"| after | {_fmt(m['brier'])} | {_fmt(m['ece'])} |",
+        "",
+        "## Subgroups",
+        "",
+        "| subgroup | images | melanoma | ROC AUC [95% CI] |",
+        "|---|---|---|---|",
+    ]
     for g in report["subgroups"]:
-        auc = "too few cases for an AUC" if g["auc"] is None else \
-            f"{_fmt(g['auc'])} [{_fmt(g['ci95'][0])}, {_fmt(g['ci95'][1])}]"
+        auc = (
+            "too few cases for an AUC"
+            if g["auc"] is None
+            else f"{_fmt(g['auc'])} [{_fmt(g['ci95'][0])}, {_fmt(g['ci95'][1])}]"
+        )
         lines.append(f"| {g['attribute']}: {g['value']} | {g['images']} | {g['melanoma']} | {auc} |")
     return lines + [""]
 

@@ -53,7 +53,7 @@ class RunDir:
         """flock is released by the kernel when the process dies, so a killed run never leaves a
         stale lock; two runs writing one folder once mixed a model with another run's split."""
         self.path.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path / "run.lock", "a+")  # noqa: SIM115 - held open for the whole run
+        handle = open(self.path / "run.lock", "a+")  # held open for the whole run
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -70,7 +70,9 @@ class RunDir:
         handle.flush()
         removed = remove_stale_temporaries(self.path)
         if removed:
-            print(f"Removed {removed} temporary file(s) left in {self.path}/ by an interrupted save", flush=True)
+            print(
+                f"Removed {removed} temporary file(s) left in {self.path}/ by an interrupted save", flush=True
+            )
         return handle
 
     def split(self, table: pd.DataFrame, make_split) -> pd.DataFrame:
@@ -79,8 +81,10 @@ class RunDir:
         if self.c.RESUME and path.is_file():
             split = read_split(path)
             if set(split["image_name"]) != set(table["image_name"]):
-                raise SplitError(f"{path} lists other images than the data now has; resume with the same data, "
-                                 f"or start a new run")
+                raise SplitError(
+                    f"{path} lists other images than the data now has; resume with the same data, "
+                    f"or start a new run"
+                )
             return split.set_index("image_name").loc[table["image_name"]].reset_index()
         split = make_split()
         if self.rank == 0:
@@ -102,7 +106,9 @@ class RunDir:
         if torch.cuda.is_available() and "cuda" in ckpt["rng"]:
             torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["rng"]["cuda"]])
         if self.rank == 0:
-            print(f"Resuming after epoch {ckpt['epoch']} of {self.c.NUM_EPOCHS} from {self.path / 'last.pth'}")
+            print(
+                f"Resuming after epoch {ckpt['epoch']} of {self.c.NUM_EPOCHS} from {self.path / 'last.pth'}"
+            )
         return ckpt["epoch"], list(ckpt["history"]), dict(ckpt["best"])
 
     def save_epoch(self, model, optimizer, scheduler, scaler, epoch: int, history: list, best: dict) -> None:
@@ -116,27 +122,53 @@ class RunDir:
                     old.unlink()  # only after the new best is safely written
             print(f"  * new best validation AUC -> {path}", flush=True)
         last = self.inference_payload(model, epoch, record)
-        last.update({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "scaler": scaler.state_dict() if scaler else None, "rng": rng_state(),
-                     "history": history, "best": best})
+        last.update(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler else None,
+                "rng": rng_state(),
+                "history": history,
+                "best": best,
+            }
+        )
         save_checkpoint(last, self.path / "last.pth")
         self.write_history(history, best)
         plot_training_curves({"epochs": history}, self.path / "training_curves.png")
 
     def inference_payload(self, model, epoch: int, record: dict) -> dict:
         """Everything prediction needs, in plain types so that weights_only=True loading works."""
-        return {"format": FORMAT, "arch": self.c.ARCH, "img_size": self.c.IMG_SIZE, "mean": list(IMAGENET_MEAN),
-                "std": list(IMAGENET_STD), "threshold": 0.5, "temperature": 1.0,
-                "model_state": model.state_dict(), "config": dict(vars(self.c)), "epoch": epoch + 1,
-                "metrics": record, "versions": versions(), "split_file": SPLIT_FILE,
-                "split_sha256": split_digest(self.path / SPLIT_FILE)}
+        return {
+            "format": FORMAT,
+            "arch": self.c.ARCH,
+            "img_size": self.c.IMG_SIZE,
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+            "threshold": 0.5,
+            "temperature": 1.0,
+            "model_state": model.state_dict(),
+            "config": dict(vars(self.c)),
+            "epoch": epoch + 1,
+            "metrics": record,
+            "versions": versions(),
+            "split_file": SPLIT_FILE,
+            "split_sha256": split_digest(self.path / SPLIT_FILE),
+        }
 
     def write_history(self, history: list, best: dict) -> None:
-        atomic_write_json(self.path / "training_history.json", {
-            "config": dict(vars(self.c)), "versions": versions(), "epochs": history,
-            "best_epoch": best.get("epoch"), "best_val_auc": best.get("val_auc"),
-            "best_checkpoint": f"best_model_epoch{best['epoch']}.pth" if best.get("epoch") else None,
-            "skipped_files": sum(r["skipped_files"] for r in history), "split_file": SPLIT_FILE})
+        atomic_write_json(
+            self.path / "training_history.json",
+            {
+                "config": dict(vars(self.c)),
+                "versions": versions(),
+                "epochs": history,
+                "best_epoch": best.get("epoch"),
+                "best_val_auc": best.get("val_auc"),
+                "best_checkpoint": f"best_model_epoch{best['epoch']}.pth" if best.get("epoch") else None,
+                "skipped_files": sum(r["skipped_files"] for r in history),
+                "split_file": SPLIT_FILE,
+            },
+        )
 
 
 def rng_state() -> dict:

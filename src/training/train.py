@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import random
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -37,7 +36,14 @@ from src.data.splits import SplitError, folds_for_fraction, grouping_description
 from src.training import distributed as dist
 from src.training.checkpoint import CheckpointError
 from src.training.config import ConfigError, apply_overrides
-from src.training.engine import IMBALANCE_CHOICES, NonFiniteLoss, Runtime, make_loss, train_one_epoch, validate
+from src.training.engine import (
+    IMBALANCE_CHOICES,
+    NonFiniteLoss,
+    Runtime,
+    make_loss,
+    train_one_epoch,
+    validate,
+)
 from src.training.model import ARCHITECTURES, IMG_SIZE_RANGE, WeightsUnavailable, build_model
 from src.training.run import RunDir, RunExists
 
@@ -80,12 +86,16 @@ OVERWRITE = False  # allow replacing a finished or interrupted run in CHECKPOINT
 # ----------------------------------------------------------------------------------------- end settings
 # Exactly the names defined between the two markers are settings: a constant added there can be
 # overridden (and is listed by --help); nothing defined elsewhere in this file can be.
-DEFAULTS = {k: v for k, v in globals().items() if k not in _NAMES_BEFORE_SETTINGS and k != "_NAMES_BEFORE_SETTINGS"}
+DEFAULTS = {
+    k: v for k, v in globals().items() if k not in _NAMES_BEFORE_SETTINGS and k != "_NAMES_BEFORE_SETTINGS"
+}
 # `--demo`: a small preset on the SYNTHETIC demo set; other --NAME=value overrides still apply on top.
+# fmt: off
 DEMO_PRESET = {"DATA_DIR": "data/demo", "METADATA_CSV": "data/demo/metadata.csv", "CACHE_DIR": "",
                "CHECKPOINT_DIR": "checkpoints/demo", "PRETRAINED": False, "IMG_SIZE": 64, "NUM_EPOCHS": 4,
                "BATCH_SIZE": 32, "LEARNING_RATE": 0.001, "BACKBONE_LR_SCALE": 1.0, "WARMUP_EPOCHS": 0.3,
                "OVERWRITE": True}
+# fmt: on
 DEMO_IMAGES, DEMO_MELANOMA_RATE = 1200, 0.2
 
 
@@ -143,8 +153,11 @@ def fit(c, rank: int, world: int, local_rank: int) -> int:
             run.save_epoch(model, optimizer, scheduler, rt.scaler, epoch, history, best)
         dist.barrier()
     auc = "n/a" if best.get("val_auc") is None else f"{best['val_auc']:.4f}"
-    log(f"Done. Best epoch {best['epoch']}: validation AUC {auc} -> {run.path}/best_model_epoch{best['epoch']}.pth",
-        rank=rank)
+    log(
+        f"Done. Best epoch {best['epoch']}: validation AUC {auc} "
+        f"-> {run.path}/best_model_epoch{best['epoch']}.pth",
+        rank=rank,
+    )
     return 0
 
 
@@ -183,15 +196,24 @@ def check_settings(c) -> None:
         (c.BATCH_SIZE >= 1, "BATCH_SIZE must be at least 1"),
         (c.NUM_EPOCHS >= 1, "NUM_EPOCHS must be at least 1"),
         (0 < c.LEARNING_RATE < math.inf, "LEARNING_RATE must be a positive number"),
-        (min(c.BACKBONE_LR_SCALE, c.WARMUP_EPOCHS, c.WEIGHT_DECAY, c.FOCAL_GAMMA) >= 0,
-         "BACKBONE_LR_SCALE, WARMUP_EPOCHS, WEIGHT_DECAY and FOCAL_GAMMA cannot be negative"),
-        (c.IMBALANCE in IMBALANCE_CHOICES, f"IMBALANCE must be one of {IMBALANCE_CHOICES}, not {c.IMBALANCE!r}"),
-        (c.MALIGNANT_NON_MELANOMA in MALIGNANT_POLICIES,
-         f"MALIGNANT_NON_MELANOMA must be one of {MALIGNANT_POLICIES}, not {c.MALIGNANT_NON_MELANOMA!r}"),
+        (
+            min(c.BACKBONE_LR_SCALE, c.WARMUP_EPOCHS, c.WEIGHT_DECAY, c.FOCAL_GAMMA) >= 0,
+            "BACKBONE_LR_SCALE, WARMUP_EPOCHS, WEIGHT_DECAY and FOCAL_GAMMA cannot be negative",
+        ),
+        (
+            c.IMBALANCE in IMBALANCE_CHOICES,
+            f"IMBALANCE must be one of {IMBALANCE_CHOICES}, not {c.IMBALANCE!r}",
+        ),
+        (
+            c.MALIGNANT_NON_MELANOMA in MALIGNANT_POLICIES,
+            f"MALIGNANT_NON_MELANOMA must be one of {MALIGNANT_POLICIES}, not {c.MALIGNANT_NON_MELANOMA!r}",
+        ),
         (0 < c.VAL_FRACTION < 1, "VAL_FRACTION must be between 0 and 1"),
         (c.NUM_FOLDS == 0 or c.NUM_FOLDS >= 2, "NUM_FOLDS must be 0 (use VAL_FRACTION) or at least 2"),
-        (c.NUM_WORKERS >= -1 and c.PREFETCH_FACTOR >= 1 and c.MAX_STEPS_PER_EPOCH >= 0,
-         "NUM_WORKERS must be -1 or more, PREFETCH_FACTOR at least 1, MAX_STEPS_PER_EPOCH 0 or more"),
+        (
+            c.NUM_WORKERS >= -1 and c.PREFETCH_FACTOR >= 1 and c.MAX_STEPS_PER_EPOCH >= 0,
+            "NUM_WORKERS must be -1 or more, PREFETCH_FACTOR at least 1, MAX_STEPS_PER_EPOCH 0 or more",
+        ),
     ]
     problems = [message for ok, message in rules if not ok]
     folds = c.NUM_FOLDS or (folds_for_fraction(c.VAL_FRACTION) if 0 < c.VAL_FRACTION < 1 else 1)
@@ -206,13 +228,27 @@ def load_data(c, rank: int):
         log(f"Writing the SYNTHETIC demo dataset to {c.DATA_DIR}/ ({DEMO_IMAGES} images)...")
         make_demo_dataset(c.DATA_DIR, DEMO_IMAGES, DEMO_MELANOMA_RATE, seed=0)
     dist.barrier()
-    data = load_labeled_images(c.METADATA_CSV, c.DATA_DIR, c.IMG_SIZE, c.CACHE_DIR or None,
-                               c.DUPLICATES_CSV or None, c.MALIGNANT_NON_MELANOMA, c.SKIP_MISSING)
+    data = load_labeled_images(
+        c.METADATA_CSV,
+        c.DATA_DIR,
+        c.IMG_SIZE,
+        c.CACHE_DIR or None,
+        c.DUPLICATES_CSV or None,
+        c.MALIGNANT_NON_MELANOMA,
+        c.SKIP_MISSING,
+    )
     t = data.table
-    cache = (f", cache {data.cache_dir} ({data.from_cache:,} images; {len(t) - data.from_cache:,} not cached yet, "
-             f"read from the originals)" if data.cache_dir else "")
-    log(f"Data: {len(t):,} images, {int(t['target'].sum()):,} melanoma ({100 * t['target'].mean():.2f}%), "
-        f"labels from {', '.join(map(str, data.metadata_paths))}{cache}", rank=rank)
+    cache = (
+        f", cache {data.cache_dir} ({data.from_cache:,} images; {len(t) - data.from_cache:,} not cached yet, "
+        f"read from the originals)"
+        if data.cache_dir
+        else ""
+    )
+    log(
+        f"Data: {len(t):,} images, {int(t['target'].sum()):,} melanoma ({100 * t['target'].mean():.2f}%), "
+        f"labels from {', '.join(map(str, data.metadata_paths))}{cache}",
+        rank=rank,
+    )
     return t
 
 
@@ -222,27 +258,44 @@ def make_loaders(table, split, c, rt: Runtime):
     train, val = table[~is_val], table[is_val]
     if train["target"].nunique() < 2:
         raise DataError(f"the training split has only one class ({len(train)} images); need both")
-    sampler = EpochSampler(train["target"].to_numpy(), c.SEED, balanced=c.IMBALANCE == "sampler",
-                           rank=rt.rank, world_size=rt.world_size)
+    sampler = EpochSampler(
+        train["target"].to_numpy(),
+        c.SEED,
+        balanced=c.IMBALANCE == "sampler",
+        rank=rt.rank,
+        world_size=rt.world_size,
+    )
     workers, pin = default_workers(c.NUM_WORKERS), rt.device.type == "cuda"
     train_ds = ImageDataset(train["path"], train["target"], c.IMG_SIZE)
     val_ds = ImageDataset(val["path"], val["target"], c.IMG_SIZE)
     val_shard = list(range(rt.rank, len(val_ds), rt.world_size))  # each rank a share, gathered after
-    train_loader = make_loader(train_ds, c.BATCH_SIZE, sampler, workers, pin, c.PREFETCH_FACTOR,
-                               drop_last=len(sampler) > c.BATCH_SIZE)  # no 1-image batch for BatchNorm
+    train_loader = make_loader(
+        train_ds,
+        c.BATCH_SIZE,
+        sampler,
+        workers,
+        pin,
+        c.PREFETCH_FACTOR,
+        drop_last=len(sampler) > c.BATCH_SIZE,
+    )  # no 1-image batch for BatchNorm
     val_loader = make_loader(val_ds, c.BATCH_SIZE * 2, val_shard, workers, pin, c.PREFETCH_FACTOR)
     n_pos = int(train["target"].sum())
     pos_weight = (len(train) - n_pos) / max(n_pos, 1)
-    log(f"Split: {len(train):,} train / {len(val):,} val images, {grouping_description(split)} "
+    log(
+        f"Split: {len(train):,} train / {len(val):,} val images, {grouping_description(split)} "
         f"(saved to {Path(c.CHECKPOINT_DIR) / 'split.csv'}); imbalance: {c.IMBALANCE}"
-        + (f" (pos_weight {pos_weight:.1f})" if c.IMBALANCE == "weighted_bce" else ""), rank=rt.rank)
+        + (f" (pos_weight {pos_weight:.1f})" if c.IMBALANCE == "weighted_bce" else ""),
+        rank=rt.rank,
+    )
     names = {"train": train["image_name"].tolist(), "val": val["image_name"].tolist()}
     return train_loader, val_loader, sampler, make_loss(c.IMBALANCE, pos_weight, c.FOCAL_GAMMA), names
 
 
 def make_optimizer(model, c, steps_per_epoch: int):
-    groups = [{"params": model.backbone_parameters(), "lr": c.LEARNING_RATE * c.BACKBONE_LR_SCALE},
-              {"params": model.head_parameters(), "lr": c.LEARNING_RATE}]
+    groups = [
+        {"params": model.backbone_parameters(), "lr": c.LEARNING_RATE * c.BACKBONE_LR_SCALE},
+        {"params": model.head_parameters(), "lr": c.LEARNING_RATE},
+    ]
     optimizer = torch.optim.AdamW(groups, weight_decay=c.WEIGHT_DECAY)
     total = max(1, steps_per_epoch * c.NUM_EPOCHS)
     warmup = max(1, round(c.WARMUP_EPOCHS * steps_per_epoch))
@@ -268,25 +321,47 @@ def training_wrapper(model, c, rt: Runtime, world: int, local_rank: int):
 def epoch_record(epoch: int, train: dict, val: dict, lr: float, names: dict) -> dict:
     """One row of training_history.json: plain numbers, None where a metric is undefined."""
     skipped = [names["train"][i] for i in train["skipped"]] + [names["val"][i] for i in val["skipped"]]
-    record = {"epoch": epoch + 1, "train_loss": train["loss"], "train_acc": train["accuracy"],
-              "val_loss": val["loss"], "val_acc": val["accuracy"], "val_auc": val["auc"],
-              "val_sensitivity": val["sensitivity"], "val_specificity": val["specificity"],
-              "val_pauc": val["pauc"], "lr": lr, "seconds": train["seconds"] + val["seconds"],
-              "train_images_per_s": train["images_per_s"], "skipped_files": len(skipped),
-              "skipped_examples": skipped[:10]}
-    finite = lambda v: None if not math.isfinite(v) else v  # noqa: E731 - JSON has no NaN
+    record = {
+        "epoch": epoch + 1,
+        "train_loss": train["loss"],
+        "train_acc": train["accuracy"],
+        "val_loss": val["loss"],
+        "val_acc": val["accuracy"],
+        "val_auc": val["auc"],
+        "val_sensitivity": val["sensitivity"],
+        "val_specificity": val["specificity"],
+        "val_pauc": val["pauc"],
+        "lr": lr,
+        "seconds": train["seconds"] + val["seconds"],
+        "train_images_per_s": train["images_per_s"],
+        "skipped_files": len(skipped),
+        "skipped_examples": skipped[:10],
+    }
+
+    def finite(v):  # JSON has no NaN
+        return None if not math.isfinite(v) else v
+
     return {k: finite(float(v)) if isinstance(v, (float, np.floating)) else v for k, v in record.items()}
 
 
 def print_epoch(r: dict, num_epochs: int, rank: int) -> None:
-    fmt = lambda v: "  n/a " if v is None else f"{v:.4f}"  # noqa: E731
-    log(f"Epoch {r['epoch']}/{num_epochs} ({r['seconds']:.1f}s, {r['train_images_per_s']:.0f} img/s)\n"
+
+    def fmt(v):
+        return "  n/a " if v is None else f"{v:.4f}"
+
+    log(
+        f"Epoch {r['epoch']}/{num_epochs} ({r['seconds']:.1f}s, {r['train_images_per_s']:.0f} img/s)\n"
         f"  Train Loss: {fmt(r['train_loss'])} | Train Acc: {fmt(r['train_acc'])}\n"
         f"  Val Loss: {fmt(r['val_loss'])} | Val Acc: {fmt(r['val_acc'])} | Val AUC: {fmt(r['val_auc'])} | "
         f"Sens: {fmt(r['val_sensitivity'])} | Spec: {fmt(r['val_specificity'])} | "
         f"pAUC(TPR>=0.8): {fmt(r['val_pauc'])}"
-        + (f"\n  skipped {r['skipped_files']} unreadable files, e.g. {r['skipped_examples'][:3]}"
-           if r["skipped_files"] else ""), rank=rank)
+        + (
+            f"\n  skipped {r['skipped_files']} unreadable files, e.g. {r['skipped_examples'][:3]}"
+            if r["skipped_files"]
+            else ""
+        ),
+        rank=rank,
+    )
 
 
 def best_key(record: dict) -> tuple:
@@ -299,14 +374,20 @@ def report_stop(e: BaseException, last: Path) -> int:
     """A run that stops part-way says why and what was kept: the last finished epoch's last.pth."""
     kept = f"the last good checkpoint, {last}, is intact" if last.is_file() else "no checkpoint was written"
     if isinstance(e, KeyboardInterrupt):
-        where = f"{last} holds the last finished epoch; continue with --RESUME=True" if last.is_file() \
+        where = (
+            f"{last} holds the last finished epoch; continue with --RESUME=True"
+            if last.is_file()
             else "no epoch had finished, so nothing was saved"
+        )
         print(f"\nInterrupted: {where}.", file=sys.stderr)
         return 130
     if isinstance(e, NonFiniteLoss):
         print(f"error: {e}. Training stopped; {kept}. Try a lower LEARNING_RATE.", file=sys.stderr)
     else:  # OSError: a full disk, a read-only or vanished folder
-        print(f"error: {e.strerror or e}: {e.filename or last.parent}. Training stopped; {kept}.", file=sys.stderr)
+        print(
+            f"error: {e.strerror or e}: {e.filename or last.parent}. Training stopped; {kept}.",
+            file=sys.stderr,
+        )
     return 1
 
 

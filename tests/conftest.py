@@ -1,48 +1,23 @@
-"""Shared fixtures. Tests that need the real ISIC files in ../shared/isic-real skip cleanly without them."""
+"""Shared fixtures (a demo dataset, trained runs) and the slow tier: a test that trains, serves or
+runs a command is marked slow, so `python -m pytest -m "not slow"` is the fast unit tier."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
+import inspect
 
-import cv2
-import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("ISIC_SHARED", ROOT.parent / "shared" / "isic-real"))
-sys.path.insert(0, str(ROOT))
+from helpers import run_script, tiny_train_args
 
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real ISIC files not found at {SHARED}")
-
-
-def run_script(*args, cwd=ROOT, timeout=300, env=None):
-    """Run one of the project's commands as a user would, from the repository root."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    script = ROOT / str(args[0])  # scripts are named from the repository root, wherever they run
-    return subprocess.run(
-        [sys.executable, str(script), *map(str, args[1:])],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=full_env,
-    )
+SLOW_FIXTURES = {"trained_run", "demo_run", "service"}
+SLOW_CALLS = ("run_script(", "start_service(", "start(tiny_args(", "subprocess.", "Popen(", "train.main(")
 
 
-def write_jpeg(path, rgb, quality=92):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    assert cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    return path
-
-
-def gradient_image(h=60, w=90):
-    """Non-constant RGB image, so that crops, flips and resizes can be told apart."""
-    y, x = np.mgrid[0:h, 0:w]
-    return np.stack([x * 255 // max(1, w - 1), y * 255 // max(1, h - 1), np.full_like(x, 128)], -1).astype(
-        np.uint8
-    )
+def pytest_collection_modifyitems(items):
+    """Mark slow what starts a process, trains, or needs a trained run, so that nobody has to
+    remember the marker when adding such a test."""
+    for item in items:
+        source = inspect.getsource(item.function) if hasattr(item, "function") else ""
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or any(c in source for c in SLOW_CALLS):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -53,23 +28,6 @@ def demo_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     make_demo_dataset(out, n_images=80, melanoma_rate=0.3, seed=1)
     return out
-
-
-def tiny_train_args(data_dir, out, epochs=2, *extra):
-    """train.py arguments for a run of a few seconds on the CPU."""
-    return [
-        "src/training/train.py",
-        f"--DATA_DIR={data_dir}",
-        f"--METADATA_CSV={Path(data_dir) / 'metadata.csv'}",
-        f"--CHECKPOINT_DIR={out}",
-        "--PRETRAINED=False",
-        "--IMG_SIZE=32",
-        "--BATCH_SIZE=16",
-        f"--NUM_EPOCHS={epochs}",
-        "--NUM_WORKERS=0",
-        "--CACHE_DIR=",
-        *extra,
-    ]
 
 
 @pytest.fixture(scope="session")

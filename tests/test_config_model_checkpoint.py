@@ -185,10 +185,3 @@ def test_inference_autocast_follows_the_training_runs_amp_setting(monkeypatch, a
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
     rt = Runtime.for_inference({"config": {"AMP": amp}})
     assert rt.device.type == "cuda" and rt.amp_dtype == expected
-
-
-def test_inference_runs_fp32_on_cpu():
-    if torch.cuda.is_available():
-        pytest.skip("checks the CPU branch")
-    rt = Runtime.for_inference({"config": {"AMP": True}})
-    assert rt.device.type == "cpu" and rt.amp_dtype is None

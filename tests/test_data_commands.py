@@ -4,7 +4,8 @@ import json
 import shutil
 
 import cv2
-from conftest import SHARED, needs_shared, run_script
+
+from helpers import SHARED, needs_shared, run_script
 
 
 def test_check_command_on_demo_data(demo_dir):
@@ -123,9 +124,9 @@ def test_prepare_recaches_changed_originals_and_forgets_fixed_failures(demo_dir,
 
 
 def test_training_says_how_many_images_came_from_a_partial_cache(demo_dir, tmp_path):
-    from conftest import tiny_train_args
-
     from src.data.prepare import prepare_cache
+
+    from helpers import tiny_train_args
 
     cache = tmp_path / "cache"
     prepare_cache(str(demo_dir), str(cache), size=48, workers=1, progress=False)
@@ -161,7 +162,8 @@ def odd_folder(demo_dir, tmp_path):
 
 def test_odd_files_are_skipped_with_a_reason_by_every_command(demo_dir, trained_run, tmp_path):
     import pandas as pd
-    from conftest import tiny_train_args
+
+    from helpers import tiny_train_args
 
     folder = odd_folder(demo_dir, tmp_path)
     r = run_script("src/data/prepare.py", "--images", folder, "--out", tmp_path / "cache", "--size", 48)

@@ -5,10 +5,11 @@ import json
 import pytest
 import torch
 import torchvision.transforms.functional as TF
-from conftest import gradient_image, run_script, write_jpeg
 
 from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD, load_input
 from src.training.model import MelanomaNet
+
+from helpers import gradient_image, run_script, write_jpeg
 
 
 def reference_input(path, size):

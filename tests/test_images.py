@@ -3,7 +3,6 @@
 import cv2
 import numpy as np
 import pytest
-from conftest import SHARED, gradient_image, needs_shared, write_jpeg
 from PIL import Image
 
 from src.data.images import (
@@ -16,6 +15,8 @@ from src.data.images import (
     reduction_for,
     resize_short_side,
 )
+
+from helpers import SHARED, gradient_image, needs_shared, write_jpeg
 
 
 def test_index_finds_images_directly_and_one_level_down(tmp_path):

@@ -6,12 +6,13 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
-from conftest import run_script
 
 from src.data.transforms import load_input
 from src.inference.predictor import Predictor
 from src.training.checkpoint import load_model
 from src.training.metrics import roc_auc
+
+from helpers import run_script
 
 
 def test_cli_predictions_equal_evaluation_probabilities(trained_run, demo_dir, tmp_path):

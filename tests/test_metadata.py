@@ -3,9 +3,10 @@
 import textwrap
 
 import pytest
-from conftest import SHARED, needs_shared
 
 from src.data.metadata import MetadataError, detect_format, read_metadata, split_groups
+
+from helpers import SHARED, needs_shared
 
 
 def csv(tmp_path, text, name="labels.csv"):

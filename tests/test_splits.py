@@ -70,7 +70,9 @@ def test_bad_settings():
         make_split(table, 1.5, 0, 0)
     with pytest.raises(SplitError, match="FOLD must be in 0..4"):
         make_split(table, 0.2, 5, 0)
-    with pytest.raises(SplitError, match="only 2 patients/lesions for 5 folds"):
+    with pytest.raises(
+        SplitError, match=r"only 2 split groups \(patients, else lesions, else images\) for 5 folds"
+    ):
         make_split(table, 0.2, 0, 0)
 
 

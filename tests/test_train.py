@@ -308,3 +308,17 @@ def test_exactly_the_settings_block_is_listed_and_overridable():
     for other in ("DEMO_IMAGES", "DEMO_PRESET", "DEFAULTS", "LOG_EVERY", "_NAMES_BEFORE_SETTINGS"):
         with pytest.raises(ConfigError, match=f"unknown setting '{other}'"):
             apply_overrides(train.DEFAULTS, [f"--{other}=1"])
+
+
+def test_a_run_with_an_old_format_split_file_resumes(demo_dir, tmp_path):
+    # split.csv called its group column patient_id before it became group + group_kind.
+    out = tmp_path / "run"
+    assert run_script(*tiny_args(demo_dir, out, 1)).returncode == 0
+    split = (out / "split.csv").read_text().splitlines()
+    old = ["image_name,patient_id,target,fold,split"] + [
+        ",".join(row.split(",")[:2] + row.split(",")[3:]) for row in split[1:]
+    ]
+    (out / "split.csv").write_text("\n".join(old) + "\n")
+    r = run_script(*tiny_args(demo_dir, out, 2, "--RESUME=True"))
+    assert r.returncode == 0, r.stderr
+    assert [e["epoch"] for e in history(out)["epochs"]] == [1, 2]

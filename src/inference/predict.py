@@ -115,7 +115,10 @@ def parse_args(argv=None):
     ap.add_argument("--explain", metavar="DIR", help="write Grad-CAM overlays (PNG) to DIR")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument(
-        "--workers", type=int, default=-1, help="data loading processes (-1: one per core, at most 16)"
+        "--workers",
+        type=int,
+        default=-1,
+        help="data loading processes (-1: three quarters of the cores, at most 12)",
     )
     return ap.parse_args(argv)
 

@@ -310,7 +310,10 @@ def parse_args(argv=None):
     ap.add_argument("--tta", action="store_true", help="average the 8 flips/transposes")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument(
-        "--workers", type=int, default=-1, help="data loading processes (-1: one per core, at most 16)"
+        "--workers",
+        type=int,
+        default=-1,
+        help="data loading processes (-1: three quarters of the cores, at most 12)",
     )
     ap.add_argument("--bootstrap", type=int, default=1000, help="patient resamples for the 95%% intervals")
     ap.add_argument("--seed", type=int, default=0)

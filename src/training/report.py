@@ -44,14 +44,22 @@ def plot_roc(y, p, band, operating: dict, auc_ci, path: Path) -> str:
         ms=8,
         label=f"operating point (threshold {operating['threshold']:.3f})",
     )
-    ax.set(
-        xlabel="False positive rate (1 - specificity)",
-        ylabel="True positive rate (sensitivity)",
-        title="ROC curve",
-        xlim=(0, 1),
-        ylim=(0, 1.01),
+    return _finish(
+        fig,
+        ax,
+        path,
+        "False positive rate (1 - specificity)",
+        "True positive rate (sensitivity)",
+        "ROC curve",
+        "lower right",
+        ylim=1.01,
     )
-    ax.legend(loc="lower right", fontsize=8)
+
+
+def _finish(fig, ax, path: Path, xlabel: str, ylabel: str, title: str, legend: str, ylim: float) -> str:
+    """Labels, unit axes, legend and grid shared by the ROC, precision-recall and reliability plots."""
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title, xlim=(0, 1), ylim=(0, ylim))
+    ax.legend(loc=legend, fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
@@ -63,16 +71,9 @@ def plot_pr(y, p, path: Path) -> str:
         np.r_[0, recall], np.r_[1, precision], where="post", lw=2, label=f"AP {M.average_precision(y, p):.3f}"
     )
     ax.axhline(np.mean(y), ls="--", color="grey", lw=1, label=f"prevalence {np.mean(y):.3f}")
-    ax.set(
-        xlabel="Recall (sensitivity)",
-        ylabel="Precision (PPV)",
-        title="Precision-recall",
-        xlim=(0, 1),
-        ylim=(0, 1.01),
+    return _finish(
+        fig, ax, path, "Recall (sensitivity)", "Precision (PPV)", "Precision-recall", "upper right", ylim=1.01
     )
-    ax.legend(loc="upper right", fontsize=8)
-    ax.grid(alpha=0.3)
-    return _save(fig, path)
 
 
 def plot_reliability(y, p_raw, p_cal, path: Path) -> str:
@@ -88,16 +89,16 @@ def plot_reliability(y, p_raw, p_cal, path: Path) -> str:
             color=colour,
             label=f"{name} calibration (ECE {M.expected_calibration_error(y, p):.3f})",
         )
-    ax.set(
-        xlabel="Predicted melanoma probability",
-        ylabel="Observed melanoma rate",
-        title="Reliability diagram (10 bins)",
-        xlim=(0, 1),
-        ylim=(0, 1),
+    return _finish(
+        fig,
+        ax,
+        path,
+        "Predicted melanoma probability",
+        "Observed melanoma rate",
+        "Reliability diagram (10 bins)",
+        "upper left",
+        ylim=1,
     )
-    ax.legend(loc="upper left", fontsize=8)
-    ax.grid(alpha=0.3)
-    return _save(fig, path)
 
 
 def plot_histograms(y, p, threshold: float, path: Path) -> str:

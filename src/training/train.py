@@ -73,7 +73,7 @@ NUM_EPOCHS = 3  # passes over the training split
 IMBALANCE = "weighted_bce"  # "weighted_bce" (pos_weight = benign/melanoma), "focal", "sampler", "none"
 FOCAL_GAMMA = 2.0  # focusing strength when IMBALANCE = "focal"
 # speed
-NUM_WORKERS = -1  # DataLoader processes; -1: one per CPU core, at most 16
+NUM_WORKERS = -1  # DataLoader processes; -1: three quarters of the CPU cores, at most 12
 PREFETCH_FACTOR = 4  # batches each worker prepares ahead
 AMP = True  # CUDA: bf16 autocast where supported, else fp16 with GradScaler
 CHANNELS_LAST = True  # CUDA: NHWC memory layout (faster convolutions on tensor cores)

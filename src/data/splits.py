@@ -36,7 +36,8 @@ def assign_folds(table: pd.DataFrame, n_folds: int, seed: int) -> np.ndarray:
     n_groups = len(np.unique(groups))
     if n_groups < n_folds:
         raise SplitError(
-            f"only {n_groups} split groups (patients, else lesions, else images) for {n_folds} folds; use fewer folds or more data"
+            f"only {n_groups} split groups (patients, else lesions, else images) for {n_folds} folds; "
+            "use fewer folds or more data"
         )
     folds = np.empty(len(table), dtype=np.int64)
     # Stratification needs each class in every fold; with fewer positives than folds, group-only it is.

@@ -352,3 +352,17 @@ def test_explain_memory_stays_flat():
         grad_cam(model, image)
     assert live_tensors() - before <= 5
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_log_flood_is_bounded():
+    # 300 partial requests once wrote 176 MB of log in 20 s; each logger now passes a bounded number a minute.
+    import logging
+
+    from src.inference.serve import RateLimitedLog
+
+    limit = RateLimitedLog(per_minute=5)
+    records = [
+        logging.LogRecord("uvicorn.error", logging.WARNING, __file__, 1, "Invalid HTTP request", None, None)
+    ]
+    passed = sum(limit.filter(records[0]) for _ in range(1000))
+    assert passed == 5 and limit.dropped == 995

@@ -58,7 +58,7 @@ def test_tiny_run_writes_checkpoints_history_and_split(demo_dir, tmp_path):
     last = load_checkpoint(out / "last.pth")
     assert {"optimizer", "scheduler", "rng", "history"} <= set(last)
     split = (out / "split.csv").read_text().splitlines()
-    assert split[0] == "image_name,group,group_kind,target,fold,split" and len(split) == 81
+    assert split[0] == "image_name,group,group_kind,merged_groups,target,fold,split" and len(split) == 81
 
 
 def test_unreadable_image_is_skipped_and_counted(demo_dir, tmp_path):
@@ -316,7 +316,7 @@ def test_a_run_with_an_old_format_split_file_resumes(demo_dir, tmp_path):
     assert run_script(*tiny_args(demo_dir, out, 1)).returncode == 0
     split = (out / "split.csv").read_text().splitlines()
     old = ["image_name,patient_id,target,fold,split"] + [
-        ",".join(row.split(",")[:2] + row.split(",")[3:]) for row in split[1:]
+        ",".join(row.split(",")[k] for k in (0, 1, 4, 5, 6)) for row in split[1:]
     ]
     (out / "split.csv").write_text("\n".join(old) + "\n")
     r = run_script(*tiny_args(demo_dir, out, 2, "--RESUME=True"))

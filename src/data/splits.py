@@ -20,18 +20,21 @@ from src.data.metadata import group_kinds, split_groups
 
 # `group` is what the split keeps on one side: a patient id where the labels have one, else a
 # lesion ("lesion:..."), else the image itself ("image:..."); `group_kind` says which.
-SPLIT_COLUMNS = ["image_name", "group", "group_kind", "target", "fold", "split"]
+# `merged_groups` counts the groups that near-duplicate merging joined into this row's (1: none).
+SPLIT_COLUMNS = ["image_name", "group", "group_kind", "merged_groups", "target", "fold", "split"]
 
 
 class SplitError(ValueError):
     pass
 
 
-def assign_folds(table: pd.DataFrame, n_folds: int, seed: int) -> np.ndarray:
+def assign_folds(
+    table: pd.DataFrame, n_folds: int, seed: int, groups: np.ndarray | None = None
+) -> np.ndarray:
     """Fold index (0..n_folds-1) of every row; deterministic for a seed."""
     if n_folds < 2:
         raise SplitError(f"need at least 2 folds, got {n_folds}")
-    groups = split_groups(table)
+    groups = split_groups(table) if groups is None else groups
     targets = table["target"].to_numpy()
     n_groups = len(np.unique(groups))
     if n_groups < n_folds:
@@ -57,22 +60,54 @@ def folds_for_fraction(val_fraction: float) -> int:
 
 
 def make_split(
-    table: pd.DataFrame, val_fraction: float, fold: int, seed: int, n_folds: int = 0
+    table: pd.DataFrame, val_fraction: float, fold: int, seed: int, n_folds: int = 0, near_pairs=None
 ) -> pd.DataFrame:
-    """The split table (SPLIT_COLUMNS): hold-out by fraction, or fold `fold` of `n_folds` when n_folds>0."""
+    """The split table (SPLIT_COLUMNS): hold-out by fraction, or fold `fold` of `n_folds` when n_folds>0.
+    `near_pairs` (rows i, j of near-identical images, src/data/dedup.py) puts both images' groups
+    into one, so that no copy of an image sits on the other side of the split."""
     n = n_folds or folds_for_fraction(val_fraction)
     if not 0 <= fold < n:
         raise SplitError(f"FOLD must be in 0..{n - 1}, got {fold}")
-    folds = assign_folds(table, n, seed)
+    groups, merged = merge_groups(split_groups(table), near_pairs)
+    folds = assign_folds(table, n, seed, groups)
     return pd.DataFrame(
         {
             "image_name": table["image_name"].to_numpy(),
-            "group": split_groups(table),
+            "group": groups,
             "group_kind": group_kinds(table),
+            "merged_groups": merged,
             "target": table["target"].to_numpy(),
             "fold": folds,
             "split": np.where(folds == fold, "val", "train"),
         }
+    )
+
+
+def merge_groups(groups: np.ndarray, near_pairs) -> tuple[np.ndarray, np.ndarray]:
+    """(groups with near-duplicate-linked groups joined under their first name, how many original
+    groups each row's group now holds: 1 where nothing was merged)."""
+    if near_pairs is None or len(near_pairs) == 0:
+        return groups, np.ones(len(groups), np.int64)
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    names, index = np.unique(groups, return_inverse=True)
+    a, b = index[near_pairs["i"].to_numpy()], index[near_pairs["j"].to_numpy()]
+    graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(len(names), len(names)))
+    component = connected_components(graph, directed=False)[1]
+    first = pd.Series(names).groupby(component).transform("min").to_numpy()  # names are sorted
+    size = np.bincount(component)
+    return first[index], size[component[index]]
+
+
+def merge_summary(split: pd.DataFrame) -> str:
+    """What near-duplicate merging did, for the training log: '' when nothing was merged."""
+    merged = split.loc[split["merged_groups"] > 1].drop_duplicates("group")
+    if merged.empty:
+        return ""
+    return (
+        f"; near-duplicates joined {int(merged['merged_groups'].sum()):,} groups into {len(merged):,} "
+        f"({int((split['merged_groups'] > 1).sum()):,} images)"
     )
 
 
@@ -113,6 +148,8 @@ def read_split(path: str | Path) -> pd.DataFrame:
                 np.where(split["group"].str.startswith("image:"), "image", "patient"),
             ),
         )
+    if "merged_groups" not in split.columns:  # written before near-duplicate merging existed
+        split.insert(3, "merged_groups", 1)
     missing = [c for c in SPLIT_COLUMNS if c not in split.columns]
     if missing:
         raise SplitError(f"{path} is not a split file (missing columns {missing})")

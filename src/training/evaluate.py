@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from src.data.atomic import atomic_write_json, atomic_write_text
+from src.data.dedup import fingerprints, near_pairs
 from src.data.labels import DataError, load_labeled_images
 from src.data.loader import ImageDataset, default_workers, make_loader
 from src.data.metadata import group_kinds, split_groups, text
@@ -49,8 +50,9 @@ class EvaluationError(Exception):
     pass
 
 
-def own_validation_set(ckpt: dict, ckpt_path: Path) -> tuple[pd.DataFrame, str]:
-    """The validation images of the run that wrote the checkpoint, read with that run's settings."""
+def run_images(ckpt: dict, ckpt_path: Path, part: str) -> tuple[pd.DataFrame, Path]:
+    """The `part` ("train" or "val") images of the run that wrote the checkpoint, read with that run's
+    settings, and the split file they come from."""
     c = ckpt.get("config", {})
     split_path = ckpt_path.parent / ckpt.get("split_file", "split.csv")
     split = read_split(split_path)
@@ -76,15 +78,40 @@ def own_validation_set(ckpt: dict, ckpt_path: Path) -> tuple[pd.DataFrame, str]:
         c["MALIGNANT_NON_MELANOMA"],
         skip_missing=True,
     )
-    val_names = split.loc[split["split"] == "val", "image_name"]
+    names = split.loc[split["split"] == part, "image_name"]
     table = data.table.set_index("image_name")
-    absent = [n for n in val_names if n not in table.index]
+    absent = [n for n in names if n not in table.index]
     if absent:
         raise EvaluationError(
-            f"{len(absent)} validation images of {split_path} are not in the data "
+            f"{len(absent)} {part} images of {split_path} are not in the data "
             f"({', '.join(absent[:5])}); was the data moved? Pass --metadata/--images."
         )
-    return table.loc[val_names].reset_index(), f"the run's validation split ({split_path})"
+    return table.loc[names].reset_index(), split_path
+
+
+def own_validation_set(ckpt: dict, ckpt_path: Path) -> tuple[pd.DataFrame, str]:
+    """The validation images of the run that wrote the checkpoint, read with that run's settings."""
+    table, split_path = run_images(ckpt, ckpt_path, "val")
+    return table, f"the run's validation split ({split_path})"
+
+
+def near_copies_of_training(ckpt: dict, ckpt_path: Path, table: pd.DataFrame, out: Path) -> list[dict] | None:
+    """Images of an external set with a near-copy among the model's training images (an external
+    set that overlaps training is not external); None when the training images cannot be found."""
+    try:
+        train, _ = run_images(ckpt, ckpt_path, "train")
+    except (EvaluationError, SplitError, DataError):
+        return None
+    cache = ckpt["config"].get("CACHE_DIR")
+    store = cache if cache and Path(cache).is_dir() else ckpt_path.parent
+    pairs = near_pairs(
+        fingerprints(table["path"], out, progress=False), fingerprints(train["path"], store, progress=False)
+    )
+    pairs = pairs.sort_values("similarity", ascending=False)
+    return [
+        {"image": table["image_name"].iloc[i], "training_image": train["image_name"].iloc[j], "similarity": s}
+        for i, j, s in zip(pairs["i"], pairs["j"], pairs["similarity"], strict=True)
+    ]
 
 
 def external_set(metadata: str, images: str | None, img_size: int) -> tuple[pd.DataFrame, str]:
@@ -344,6 +371,13 @@ def evaluate_checkpoint(args) -> dict:
     if args.metadata is None:
         save_calibration(ckpt, ckpt_path, cal)  # what prediction, serving and export read
     report = build_report(args, ckpt, table, description, logits, y, cal, unreadable)
+    if args.metadata:
+        report["near_copies_of_training"] = copies = near_copies_of_training(ckpt, ckpt_path, table, out)
+        if copies:
+            report["notes"].append(
+                f"{len({c['image'] for c in copies})} images of this set have a near-copy among the model's "
+                f"training images, so it is not fully external (listed under near_copies_of_training)."
+            )
     p = M.calibrated(logits, cal["temperature"], cal["bias"])
     report["plots"] = make_plots(
         out, y, M.sigmoid(logits), p, split_groups(table), cal, report, ckpt_path, args

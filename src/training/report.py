@@ -249,4 +249,14 @@ def markdown(report: dict) -> str:
     lines += [f"| {label} | {_with_ci(report, key)} |" for key, label in METRIC_LABELS] + [""]
     lines += _operating(report) + _calibration_and_subgroups(report) + ["## Plots", ""]
     lines += [f"![{name}]({file})" for name, file in report["plots"].items() if file]
+    copies = report.get("near_copies_of_training")
+    if copies:
+        lines += [
+            "",
+            "## Near-copies of training images",
+            "",
+            "| image | training image | similarity |",
+            "|---|---|---|",
+        ]
+        lines += [f"| {c['image']} | {c['training_image']} | {c['similarity']:.4f} |" for c in copies[:50]]
     return "\n".join(lines) + "\n"

@@ -28,11 +28,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from the repository root
 
+from src.data.dedup import fingerprints, near_pairs
 from src.data.demo import make_demo_dataset
 from src.data.labels import DataError, load_labeled_images
 from src.data.loader import EpochSampler, ImageDataset, default_workers, make_loader
 from src.data.metadata import MALIGNANT_POLICIES
-from src.data.splits import SplitError, folds_for_fraction, grouping_description, make_split
+from src.data.splits import SplitError, folds_for_fraction, grouping_description, make_split, merge_summary
 from src.training import distributed as dist
 from src.training.checkpoint import CheckpointError
 from src.training.config import ConfigError, apply_overrides
@@ -60,6 +61,7 @@ VAL_FRACTION = 0.2  # grouped hold-out: 0.2 means fold FOLD of 5
 FOLD = 0  # which fold is the validation set
 NUM_FOLDS = 0  # > 0: K-fold with this K instead of 1 / VAL_FRACTION
 SEED = 42  # split, initialisation, shuffling and augmentation
+MERGE_NEAR_DUPLICATES = True  # keep pixel-level near-copies (src/data/dedup.py) on one side of the split
 # model and optimisation
 ARCH = "resnet50"  # resnet18 / resnet34 / resnet50 / resnet101
 PRETRAINED = True  # ImageNet weights (torch cache or download); False: random init
@@ -94,7 +96,7 @@ DEFAULTS = {
 DEMO_PRESET = {"DATA_DIR": "data/demo", "METADATA_CSV": "data/demo/metadata.csv", "CACHE_DIR": "",
                "CHECKPOINT_DIR": "checkpoints/demo", "PRETRAINED": False, "IMG_SIZE": 64, "NUM_EPOCHS": 4,
                "BATCH_SIZE": 32, "LEARNING_RATE": 0.001, "BACKBONE_LR_SCALE": 1.0, "WARMUP_EPOCHS": 0.3,
-               "OVERWRITE": True}
+               "OVERWRITE": True, "MERGE_NEAR_DUPLICATES": False}  # the drawings look alike at 32x32
 # fmt: on
 DEMO_IMAGES, DEMO_MELANOMA_RATE = 1200, 0.2
 
@@ -130,7 +132,12 @@ def fit(c, rank: int, world: int, local_rank: int) -> int:
     log(f"Device: {rt.describe()}", rank=rank)
     run = RunDir(c.CHECKPOINT_DIR, c, rank)  # resume/overwrite policy and a lock on the folder
     table = load_data(c, rank)
-    split = run.split(table, lambda: make_split(table, c.VAL_FRACTION, c.FOLD, c.SEED, c.NUM_FOLDS))
+    split = run.split(
+        table,
+        lambda: make_split(
+            table, c.VAL_FRACTION, c.FOLD, c.SEED, c.NUM_FOLDS, near_duplicates(table, c, rank)
+        ),
+    )
     model = build_model(c.ARCH, c.PRETRAINED).to(rt.device)
     model = model.to(memory_format=torch.channels_last) if rt.channels_last else model
     train_loader, val_loader, sampler, loss_fn, names = make_loaders(table, split, c, rt)
@@ -252,6 +259,20 @@ def load_data(c, rank: int):
     return t
 
 
+def near_duplicates(table, c, rank: int):
+    """Pairs of near-identical images to keep together (None when MERGE_NEAR_DUPLICATES is off).
+    Fingerprints are stored beside the cache (else in the run folder) and reused while files are unchanged."""
+    if not c.MERGE_NEAR_DUPLICATES:
+        return None
+    store = c.CACHE_DIR if c.CACHE_DIR and Path(c.CACHE_DIR).is_dir() else c.CHECKPOINT_DIR
+    if rank == 0:
+        vectors = fingerprints(table["path"], store)
+    dist.barrier()  # the other ranks then read rank 0's stored fingerprints
+    if rank != 0:
+        vectors = fingerprints(table["path"], store, progress=False)
+    return near_pairs(vectors)
+
+
 def make_loaders(table, split, c, rt: Runtime):
     """Training and validation loaders, the epoch sampler, the loss, and image names for the history."""
     is_val = (split["split"] == "val").to_numpy()
@@ -282,7 +303,8 @@ def make_loaders(table, split, c, rt: Runtime):
     n_pos = int(train["target"].sum())
     pos_weight = (len(train) - n_pos) / max(n_pos, 1)
     log(
-        f"Split: {len(train):,} train / {len(val):,} val images, {grouping_description(split)} "
+        f"Split: {len(train):,} train / {len(val):,} val images, "
+        f"{grouping_description(split)}{merge_summary(split)} "
         f"(saved to {Path(c.CHECKPOINT_DIR) / 'split.csv'}); imbalance: {c.IMBALANCE}"
         + (f" (pos_weight {pos_weight:.1f})" if c.IMBALANCE == "weighted_bce" else ""),
         rank=rt.rank,

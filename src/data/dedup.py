@@ -1,0 +1,322 @@
+"""Find near-duplicate images: the same lesion photo under other names, sizes, crops or orientations.
+
+    python src/data/dedup.py --metadata CSV[,CSV...] --images DIR[,DIR...] [--out data/dedup]
+
+Writes OUT/duplicates.csv (one row per pair: both names, their labels, the similarity and whether
+the labels disagree) and OUT/closest_pairs.png (a labelled contact sheet of the closest pairs, for
+a person to confirm), and prints the groups found. Training merges near-copies into one split
+group (train.py MERGE_NEAR_DUPLICATES), so that a copy never sits on the other side of the
+train/validation boundary; evaluation of an external set lists its near-copies of training images.
+
+The fingerprint: the image squashed to 32x32 (so a non-uniform resize to a square changes
+nothing), in CIE Lab, and the 8x8 lowest DCT frequencies of each channel without the mean
+(robust to JPEG re-encoding, small crops and colour balance). A flip or a transpose of the image
+only changes the signs of DCT coefficients or swaps them, so the eight orientations of a square
+are compared exactly without recomputing anything. Similarity is the cosine of two fingerprints
+after subtracting the set's mean fingerprint, the best over the eight orientations. On the shared
+real images the 178 pairs of a full-size original and its 256x256 copy all score at least 0.978;
+the closest pair between HAM10000 and the other sets scores 0.907, and a 2% crop of each side
+keeps at least 0.959 on generated lesions. NEAR_DUPLICATE_SIMILARITY sits between them. Drawings
+that differ only in a small blob (the SYNTHETIC demo set) look alike at this scale and do pair up;
+the demo preset turns merging off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from multiprocessing import Pool
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from the repository root
+
+from src.data.atomic import atomic_write_text, replace_atomically
+from src.data.images import ImageDecodeError, decode_image
+from src.data.labels import DataError, load_labeled_images
+
+NEAR_DUPLICATE_SIMILARITY = 0.94  # cosine of centred fingerprints; see the module docstring
+SIDE, K = 32, 8  # squash size and the number of DCT frequencies kept per axis
+DIM = 3 * K * K
+STORE = "fingerprints.npz"  # beside the cache (or the run): computed once per file version
+
+
+def fingerprint(rgb: np.ndarray) -> np.ndarray:
+    """(DIM,) unit-length float32 fingerprint of an RGB uint8 image of any size and aspect ratio."""
+    small = cv2.resize(rgb, (SIDE, SIDE), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+    parts = []
+    for channel in cv2.split(cv2.cvtColor(small, cv2.COLOR_RGB2LAB)):
+        dct = cv2.dct(np.ascontiguousarray(channel))[:K, :K].copy()
+        dct[0, 0] = 0.0  # the mean: brightness and colour cast differ between copies
+        parts.append(dct.reshape(-1) / (np.linalg.norm(dct) + 1e-6))
+    v = np.concatenate(parts)
+    return (v / (np.linalg.norm(v) + 1e-6)).astype(np.float32)
+
+
+def _fingerprint_file(path: str) -> np.ndarray | None:
+    try:
+        return fingerprint(decode_image(path, min_short_side=2 * SIDE))  # reduced JPEG decoding
+    except ImageDecodeError:
+        return None
+
+
+def _stamp(path: str) -> tuple[int, int]:
+    try:
+        st = os.stat(path)
+        return st.st_size, st.st_mtime_ns
+    except OSError:
+        return -1, -1
+
+
+def fingerprints(
+    paths, store_dir: str | Path | None = None, workers: int = 0, progress: bool = True
+) -> np.ndarray:
+    """(N, DIM) fingerprints of `paths` (a row of NaN for an unreadable file), reusing those stored in
+    store_dir/fingerprints.npz for files whose size and modification time have not changed."""
+    paths = [str(p) for p in paths]
+    stamps = [_stamp(p) for p in paths]
+    known = _load_store(store_dir)
+    out = np.full((len(paths), DIM), np.nan, np.float32)
+    todo = []
+    for i, (path, stamp) in enumerate(zip(paths, stamps, strict=True)):
+        hit = known.get((path, *stamp))
+        if hit is not None:
+            out[i] = hit
+        else:
+            todo.append(i)
+    if todo:
+        with Pool(workers or os.cpu_count() or 1, initializer=cv2.setNumThreads, initargs=(1,)) as pool:
+            results = pool.imap(_fingerprint_file, [paths[i] for i in todo], chunksize=32)
+            bar = tqdm(
+                results, total=len(todo), desc="fingerprints", unit="img", disable=not progress, leave=False
+            )
+            for i, v in zip(todo, bar, strict=True):
+                if v is not None:
+                    out[i] = v
+        known.update({(p, *s): v for p, s, v in zip(paths, stamps, out, strict=True) if not np.isnan(v[0])})
+        _save_store(store_dir, known)
+    return out
+
+
+def _load_store(store_dir) -> dict:
+    path = Path(store_dir or "") / STORE
+    if not store_dir or not path.is_file():
+        return {}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            keys = zip(z["paths"].tolist(), z["sizes"].tolist(), z["mtimes"].tolist(), strict=True)
+            return {key: v for key, v in zip(keys, z["vectors"], strict=True)}
+    except (OSError, ValueError, KeyError):  # a damaged store is rebuilt, never trusted
+        return {}
+
+
+def _save_store(store_dir, known: dict) -> None:
+    if not store_dir:
+        return
+    keys = list(known)
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.savez(
+                f,
+                paths=np.array([k[0] for k in keys]),
+                sizes=np.array([k[1] for k in keys], np.int64),
+                mtimes=np.array([k[2] for k in keys], np.int64),
+                vectors=np.stack([known[k] for k in keys]) if keys else np.zeros((0, DIM), np.float32),
+            )
+
+    replace_atomically(Path(store_dir) / STORE, write)
+
+
+def _orientations() -> list[tuple[np.ndarray, np.ndarray]]:
+    """(permutation, signs) turning a fingerprint into that of the flipped/transposed image."""
+    u, v = np.mgrid[0:K, 0:K]  # u: vertical frequency, v: horizontal frequency
+    out = []
+    for transpose in (False, True):
+        for flip_x in (0, 1):
+            for flip_y in (0, 1):
+                sign = (((-1.0) ** (v * flip_x)) * ((-1.0) ** (u * flip_y))).reshape(-1)
+                perm = (v * K + u).reshape(-1) if transpose else np.arange(K * K)
+                out.append(
+                    (
+                        np.concatenate([perm + c * K * K for c in range(3)]),
+                        np.tile(sign, 3).astype(np.float32),
+                    )
+                )
+    return out
+
+
+def centred(vectors: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Fingerprints minus the set's mean fingerprint, unit length again: what every image of a set
+    shares (the dermatoscope's dark vignette, a centred lesion) stops counting as likeness."""
+    v = np.nan_to_num(vectors, nan=0.0) - mean
+    v /= np.linalg.norm(v, axis=1, keepdims=True) + 1e-6
+    v[np.isnan(vectors[:, 0])] = 0.0  # an unreadable file never pairs
+    return v.astype(np.float32)
+
+
+def near_pairs(
+    a: np.ndarray,
+    b: np.ndarray | None = None,
+    threshold: float = NEAR_DUPLICATE_SIMILARITY,
+    chunk: int = 1024,
+) -> pd.DataFrame:
+    """Pairs (i, j, similarity) with similarity >= threshold: within `a` (i < j) or between a and b.
+    33,126 fingerprints take about 20 s on 2 cores."""
+    within = b is None
+    both = a if within else np.vstack([a, b])
+    mean = np.nanmean(both, axis=0) if np.isfinite(both[:, 0]).any() else np.zeros(DIM, np.float32)
+    # The same mean in all 8 orientations, so that centring keeps a flipped copy exactly as close.
+    mean = np.mean([mean[perm] * sign for perm, sign in _orientations()], axis=0)
+    a = centred(a, mean)
+    b = a if within else centred(b, mean)
+    views = [np.ascontiguousarray(b[:, perm] * sign) for perm, sign in _orientations()]
+    rows, cols, sims = [], [], []
+    for start in range(0, len(a), chunk):
+        first = start if within else 0  # the best over the 8 orientations is symmetric: one triangle
+        best = np.max([a[start : start + chunk] @ view[first:].T for view in views], axis=0)
+        i, j = np.nonzero(best >= threshold)
+        keep = (i + start < j + first) if within else np.ones(len(i), bool)
+        rows.append(i[keep] + start)
+        cols.append(j[keep] + first)
+        sims.append(best[i[keep], j[keep]])
+    return pd.DataFrame(
+        {
+            "i": np.concatenate(rows or [[]]).astype(int),
+            "j": np.concatenate(cols or [[]]).astype(int),
+            "similarity": np.concatenate(sims or [[]]).astype(float),
+        }
+    )
+
+
+def components(n: int, pairs: pd.DataFrame) -> np.ndarray:
+    """Connected-component label of each of n items joined by pairs (a chain of copies is one group)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    graph = coo_matrix((np.ones(len(pairs)), (pairs["i"].to_numpy(), pairs["j"].to_numpy())), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def pair_table(table: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
+    """duplicates.csv: both names, both labels, the similarity, and whether the labels disagree."""
+    first, second = (
+        table.iloc[pairs["i"]].reset_index(drop=True),
+        table.iloc[pairs["j"]].reset_index(drop=True),
+    )
+    out = pd.DataFrame(
+        {
+            "image_1": first["image_name"],
+            "image_2": second["image_name"],
+            "similarity": pairs["similarity"].round(5).to_numpy(),
+            "target_1": first["target"],
+            "target_2": second["target"],
+        }
+    )
+    out["labels_disagree"] = (
+        (out["target_1"] >= 0) & (out["target_2"] >= 0) & (out["target_1"] != out["target_2"])
+    )
+    return out.sort_values("similarity", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def contact_sheet(
+    table: pd.DataFrame, result: pd.DataFrame, path: Path, top: int = 24, side: int = 160
+) -> None:
+    """The closest pairs side by side, each captioned with names, labels and similarity (disagreeing
+    labels in red), for a person to confirm that they are the same photograph."""
+    paths = dict(zip(table["image_name"], table["path"], strict=True))
+    rows = []
+    for r in result.head(top).itertuples():
+        tiles = []
+        for name in (r.image_1, r.image_2):
+            try:
+                tile = cv2.resize(
+                    decode_image(paths[name], min_short_side=side), (side, side), interpolation=cv2.INTER_AREA
+                )
+            except ImageDecodeError:
+                tile = np.zeros((side, side, 3), np.uint8)
+            tiles.append(tile)
+        caption = np.full((22, 2 * side, 3), 255, np.uint8)
+        colour = (200, 0, 0) if r.labels_disagree else (0, 0, 0)
+        text = f"{r.image_1} ({r.target_1}) ~ {r.image_2} ({r.target_2})  {r.similarity:.3f}"
+        cv2.putText(caption, text, (3, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.36, colour, 1, cv2.LINE_AA)
+        rows.append(np.vstack([np.hstack(tiles), caption]))
+    if not rows:
+        return
+    columns = 3
+    blank = np.full_like(rows[0], 255)
+    rows += [blank] * (-len(rows) % columns)
+    sheet = np.vstack([np.hstack(rows[k : k + columns]) for k in range(0, len(rows), columns)])
+    ok, png = cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+    replace_atomically(path, lambda tmp: Path(tmp).write_bytes(png.tobytes()))
+
+
+def find_duplicates(metadata: str, images: str, out: Path, threshold: float, workers: int = 0) -> dict:
+    data = load_labeled_images(metadata, images, skip_missing=True, require_labels=False)
+    table = data.table
+    vectors = fingerprints(table["path"], out, workers)
+    pairs = near_pairs(vectors, threshold=threshold)
+    result = pair_table(table, pairs)
+    groups = components(len(table), pairs)
+    sizes = np.bincount(groups)
+    atomic_write_text(out / "duplicates.csv", result.to_csv(index=False))
+    contact_sheet(table, result, out / "closest_pairs.png")
+    return {
+        "images": len(table),
+        "unreadable": int(np.isnan(vectors[:, 0]).sum()),
+        "pairs": len(result),
+        "groups": int((sizes > 1).sum()),
+        "images_in_groups": int(sizes[sizes > 1].sum()),
+        "labels_disagree": int(result["labels_disagree"].sum()),
+        "result": result,
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(
+        description="Find near-duplicate images (same photo, other name/size/orientation)."
+    )
+    ap.add_argument(
+        "--metadata",
+        default="data/metadata.csv",
+        help="label CSV(s) in any supported format, comma-separated",
+    )
+    ap.add_argument("--images", default="data/isic", help="image folder(s), comma-separated")
+    ap.add_argument(
+        "--out", default="data/dedup", help="folder for duplicates.csv, closest_pairs.png and fingerprints"
+    )
+    ap.add_argument(
+        "--threshold", type=float, default=NEAR_DUPLICATE_SIMILARITY, help="cosine similarity, 0..1"
+    )
+    ap.add_argument("--workers", type=int, default=0, help="processes (default: one per core)")
+    args = ap.parse_args(argv)
+    if not 0 < args.threshold <= 1:
+        print(f"error: --threshold must be in (0, 1], got {args.threshold}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        found = find_duplicates(args.metadata, args.images, out, args.threshold, args.workers)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(
+        f"{found['images']:,} images ({found['unreadable']} unreadable): "
+        f"{found['pairs']:,} near-duplicate pairs in {found['groups']:,} groups "
+        f"of {found['images_in_groups']:,} images; "
+        f"{found['labels_disagree']} pairs with disagreeing labels"
+    )
+    for r in found["result"].head(10).itertuples():
+        flag = "  LABELS DISAGREE" if r.labels_disagree else ""
+        print(f"  {r.image_1} ~ {r.image_2}  similarity {r.similarity:.4f}{flag}")
+    print(f"written: {out / 'duplicates.csv'}, {out / 'closest_pairs.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -78,7 +78,6 @@ def main(argv=None) -> int:
             "fingerprints": args.pairs,
             "pairs_found": len(pairs),
             "seconds": round(time.perf_counter() - start, 1),
-            "workers_default": default_workers(),
         }
     )
     return 0

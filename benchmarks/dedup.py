@@ -33,6 +33,22 @@ def emit(record: dict) -> None:
     print(json.dumps(record), flush=True)
 
 
+def timed_fingerprints(paths: list[str], source: str, workers: int) -> np.ndarray:
+    start = time.perf_counter()
+    vectors = fingerprints(paths, None, workers, progress=False)
+    seconds = time.perf_counter() - start
+    emit(
+        {
+            "bench": "fingerprint",
+            "source": source,
+            "images": len(paths),
+            "workers": workers or "one per core",
+            "images_per_s": round(len(paths) / seconds, 1),
+        }
+    )
+    return vectors
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=3000, help="synthetic 256 px cache images to fingerprint")
@@ -41,31 +57,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         paths, _ = make_cache(Path(tmp), args.images, 256)
-        start = time.perf_counter()
-        vectors = fingerprints(paths, None, args.workers, progress=False)
-        seconds = time.perf_counter() - start
-        emit(
-            {
-                "bench": "fingerprint",
-                "source": "synthetic 256 px cache",
-                "images": len(paths),
-                "workers": args.workers or "one per core",
-                "images_per_s": round(len(paths) / seconds, 1),
-            }
-        )
+        vectors = timed_fingerprints(paths, "synthetic 256 px cache", args.workers)
     real = sorted(index_images(SHARED / "isic2017_256").values()) if SHARED.is_dir() else []
     if real:
-        start = time.perf_counter()
-        vectors = fingerprints(real, None, args.workers, progress=False)
-        seconds = time.perf_counter() - start
-        emit(
-            {
-                "bench": "fingerprint",
-                "source": "real ISIC 2017 256x256",
-                "images": len(real),
-                "images_per_s": round(len(real) / seconds, 1),
-            }
-        )
+        vectors = timed_fingerprints(real, "real ISIC 2017 256x256", args.workers)
     rng = np.random.default_rng(0)
     base = vectors[np.isfinite(vectors[:, 0])] if len(vectors) else rng.standard_normal((1000, DIM))
     many = base[rng.integers(0, len(base), args.pairs)] + rng.normal(0, 0.05, (args.pairs, DIM))

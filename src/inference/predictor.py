@@ -102,6 +102,10 @@ class Predictor:
         self.threshold = float(s.get("threshold", 0.5))
         self.temperature, self.bias = float(s.get("temperature", 1.0)), float(s.get("logit_bias", 0.0))
         self.calibrated_on, self.calibrated_at = s.get("calibrated_on"), s.get("calibrated_at")
+        self.threshold_rule = s.get("threshold_rule")
+        config = s.get("config") or {}
+        self.training_data = config.get("METADATA_CSV")
+        self.synthetic = str(config.get("DATA_DIR", "")).rstrip("/").endswith("demo")  # train.py --demo
         self.metrics = s.get("metrics") or {}
         self.epoch = s.get("epoch")
 
@@ -117,6 +121,9 @@ class Predictor:
             "logit_bias": self.bias,
             "calibrated_on": self.calibrated_on,
             "calibrated_at": self.calibrated_at,
+            "threshold_rule": self.threshold_rule,
+            "training_data": self.training_data,
+            "synthetic_training_data": self.synthetic,
             "epoch": self.epoch,
             "training_metrics": {k: v for k, v in self.metrics.items() if k.startswith("val_")},
         }

@@ -8,7 +8,9 @@ works, and then needs the flags listed there. Settings from the environment: MAX
 (default 20), MAX_PIXELS (default 50,000,000; ISIC originals are at most 24 MP), THREADS (CPU
 threads for inference, default min(4, cores)), HEADER_TIMEOUT_S (10) and BODY_TIMEOUT_S (30).
 
-The model is loaded once at start-up; a model that cannot be loaded stops start-up with one line.
+`GET /` is a page for people: drop images, see the risk, the decision and Grad-CAM, and the model
+card with a link to the evaluation report (`GET /report/...`, read-only, the checkpoint's eval/
+folder only). The model is loaded once at start-up; one that cannot be loaded stops start-up.
 Requests are served from a thread pool and decoding and inference are serialised by one lock, so
 concurrent requests are safe and memory stays bounded. Bad input gets a 4xx with a JSON
 {"detail": ...} message; it never kills the worker.
@@ -31,7 +33,7 @@ if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from fastapi import FastAPI, File, HTTPException, UploadFile
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from src.data.images import MAX_PIXELS, ImageDecodeError, ImageTooLarge, check_header
@@ -43,6 +45,13 @@ BODY_TIMEOUT_S = float(os.environ.get("BODY_TIMEOUT_S", "30"))  # the whole body
 HEADER_TIMEOUT_S = float(os.environ.get("HEADER_TIMEOUT_S", "10"))  # request headers must arrive within this
 LIMIT_CONCURRENCY = 32  # connections at once; more get 503 instead of exhausting file descriptors
 KEEP_ALIVE_S = 5  # idle keep-alive connections are closed after this
+PAGE = Path(__file__).with_name("page.html")
+REPORT_TYPES = {
+    ".md": "text/markdown; charset=utf-8",
+    ".png": "image/png",
+    ".json": "application/json",
+    ".csv": "text/csv; charset=utf-8",
+}
 ACCEPTED_TYPES = {"image/jpeg", "image/jpg", "image/png", "application/octet-stream"}
 DESCRIPTION = """Melanoma probability for a dermoscopy image (ResNet50 trained on ISIC data).
 
@@ -179,9 +188,44 @@ def health():
     return {"status": "ok", "model_loaded": True}
 
 
+@api.get("/", response_class=HTMLResponse, include_in_schema=False)
+def page():
+    """One self-contained page (no CDN, no build step): upload images, see the risk, the decision
+    at the saved threshold, Grad-CAM, and the model card."""
+    return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+
+
 @api.get("/model")
 def model_info():
-    return STATE["predictor"].info()
+    predictor = STATE["predictor"]
+    info = predictor.info()
+    report = report_folder(predictor) / "report.json"
+    if report.is_file():  # the evaluation of the run's validation split, beside the checkpoint
+        r = json.loads(report.read_text())
+        info["evaluation"] = {
+            "roc_auc": r["metrics"]["roc_auc"],
+            "roc_auc_ci": r["ci95"].get("roc_auc"),
+            "pauc": r["metrics"]["pauc_tpr80"],
+            "pauc_ci": r["ci95"].get("pauc_tpr80"),
+            "set": r["set"]["description"],
+            "images": r["set"]["images"],
+        }
+        info["report"] = "/report/report.md"
+    return info
+
+
+def report_folder(predictor) -> Path:
+    return predictor.path.parent / "eval"
+
+
+@api.get("/report/{name:path}", include_in_schema=False)
+def report_file(name: str):
+    """The evaluation report beside the checkpoint, read-only; nothing outside that folder."""
+    folder = report_folder(STATE["predictor"]).resolve()
+    path = (folder / name).resolve()
+    if not path.is_relative_to(folder) or not path.is_file() or path.suffix.lower() not in REPORT_TYPES:
+        raise HTTPException(404, "no such report file")
+    return FileResponse(path, media_type=REPORT_TYPES[path.suffix.lower()])
 
 
 @api.post("/predict")

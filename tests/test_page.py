@@ -1,0 +1,143 @@
+"""The web page in a real browser (headless Chromium through Selenium): upload, results, errors, the model
+card, the report link, and no request leaving the app. Skips cleanly when Chromium is absent."""
+
+import json
+import shutil
+import time
+
+import httpx
+import pytest
+from test_serve import start_service
+
+from helpers import gradient_image, run_script, write_jpeg
+
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="chromium/chromedriver absent"),
+]
+
+
+@pytest.fixture(scope="module")
+def served(trained_run, tmp_path_factory):
+    """The trained run copied, evaluated (so a report sits beside the checkpoint), and served."""
+    run = tmp_path_factory.mktemp("page") / "run"
+    shutil.copytree(trained_run[0], run)
+    best = run / trained_run[1].name
+    r = run_script("src/training/evaluate.py", "--checkpoint", best, "--bootstrap", 50, "--workers", 0)
+    assert r.returncode == 0, r.stderr
+    proc, url = start_service(best)
+    yield url, run
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def browser():
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-quic",
+        "--window-size=1100,1400",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+    return webdriver.Chrome(service=Service(DRIVER), options=options)
+
+
+def wait_for(predicate, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError("timed out waiting for the page")
+
+
+def requested_urls(driver) -> list[str]:
+    urls = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            urls.append(message["params"]["request"]["url"])
+    return urls
+
+
+def test_upload_results_errors_model_card_and_report(served, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    url, run = served
+    good = write_jpeg(tmp_path / "lesion.jpg", gradient_image(200, 260))
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("this is not an image")
+    driver = browser()
+    try:
+        driver.get(url + "/")
+        assert "Research software, not a diagnosis" in driver.find_element(By.TAG_NAME, "body").text
+        card = wait_for(
+            lambda: (
+                "resnet50" in driver.find_element(By.ID, "model").text and driver.find_element(By.ID, "model")
+            )
+        )
+        assert "Validation ROC AUC" in card.text and "sensitivity >= 0.90" in card.text
+        driver.save_screenshot(str(tmp_path / "1-model-card.png"))
+
+        driver.find_element(By.ID, "files").send_keys(f"{good}\n{bad}")  # one batch, one bad file
+        results = lambda: driver.find_elements(By.CSS_SELECTOR, "#results section")  # noqa: E731
+        wait_for(
+            lambda: len(results()) == 2 and "analysing" not in driver.find_element(By.ID, "results").text
+        )
+        texts = {s.find_element(By.TAG_NAME, "strong").text: s for s in results()}
+        error = texts["notes.jpg"].find_element(By.CSS_SELECTOR, ".status.error")
+        assert "Could not analyse this file: not a readable image (JPEG or PNG expected)" in error.text
+        ok = texts["lesion.jpg"]
+        assert "melanoma probability" in ok.text and "threshold" in ok.text
+        overlay = wait_for(lambda: ok.find_elements(By.CSS_SELECTOR, "img.overlay"))[0]
+        wait_for(lambda: driver.execute_script("return arguments[0].naturalWidth", overlay) > 0)
+        assert overlay.get_attribute("alt").startswith("Grad-CAM")
+        driver.save_screenshot(str(tmp_path / "2-results.png"))
+
+        link = driver.find_element(By.ID, "report-link")
+        assert link.get_attribute("href") == url + "/report/report.md"
+        assert "# Evaluation report" in httpx.get(link.get_attribute("href")).text
+        assert httpx.get(url + "/report/roc.png").headers["content-type"] == "image/png"
+
+        outside = [u for u in requested_urls(driver) if not u.startswith((url, "data:", "blob:"))]
+        assert outside == [], outside
+    finally:
+        driver.quit()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "%2e%2e/last.pth",
+        "..%2flast.pth",
+        "%2fetc%2fpasswd",
+        "//etc/passwd",
+        "../split.csv",
+        "report.json/../../last.pth",
+    ],
+)
+def test_the_report_route_serves_nothing_outside_the_checkpoints_eval_folder(served, path):
+    url, _ = served
+    r = httpx.get(f"{url}/report/{path}")
+    assert r.status_code == 404 and "root:" not in r.text
+
+
+def test_the_page_is_small_and_self_contained(served):
+    url, _ = served
+    html = httpx.get(url + "/").text
+    assert len(html.encode()) < 100_000 and "http://" not in html and "https://" not in html

@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script 
 from src.data.atomic import atomic_write_text, replace_atomically
 from src.data.images import ImageDecodeError, decode_image
 from src.data.labels import DataError, load_labeled_images
+from src.data.splits import components
 
 NEAR_DUPLICATE_SIMILARITY = 0.94  # cosine of centred fingerprints; see the module docstring
 SIDE, K = 32, 8  # squash size and the number of DCT frequencies kept per axis
@@ -197,15 +198,6 @@ def near_pairs(
     )
 
 
-def components(n: int, pairs: pd.DataFrame) -> np.ndarray:
-    """Connected-component label of each of n items joined by pairs (a chain of copies is one group)."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    graph = coo_matrix((np.ones(len(pairs)), (pairs["i"].to_numpy(), pairs["j"].to_numpy())), shape=(n, n))
-    return connected_components(graph, directed=False)[1]
-
-
 def pair_table(table: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
     """duplicates.csv: both names, both labels, the similarity, and whether the labels disagree."""
     first, second = (
@@ -265,7 +257,7 @@ def find_duplicates(metadata: str, images: str, out: Path, threshold: float, wor
     vectors = fingerprints(table["path"], out, workers)
     pairs = near_pairs(vectors, threshold=threshold)
     result = pair_table(table, pairs)
-    groups = components(len(table), pairs)
+    groups = components(len(table), pairs["i"].to_numpy(), pairs["j"].to_numpy())
     sizes = np.bincount(groups)
     atomic_write_text(out / "duplicates.csv", result.to_csv(index=False))
     contact_sheet(table, result, out / "closest_pairs.png")

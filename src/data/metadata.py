@@ -174,15 +174,6 @@ def _check_unique_ids(table: pd.DataFrame, path: Path) -> None:
         raise MetadataError(f"{path}: {int(empty.sum())} rows have no image id (lines {rows}).")
 
 
-def _require(raw: pd.DataFrame, columns, path: Path, fmt: str) -> None:
-    missing = [c for c in columns if c not in raw.columns]
-    if missing:
-        raise MetadataError(
-            f"{path} looks like {fmt} metadata but lacks required column(s) {missing}. "
-            f"Columns found: {list(raw.columns)}"
-        )
-
-
 def _column(raw: pd.DataFrame, name: str) -> pd.Series:
     return raw[name].str.strip() if name in raw.columns else pd.Series([""] * len(raw), index=raw.index)
 

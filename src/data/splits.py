@@ -83,18 +83,22 @@ def make_split(
     )
 
 
+def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Connected-component label of each of n items joined by the links (i, j): a chain of copies is one."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    graph = coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
 def merge_groups(groups: np.ndarray, near_pairs) -> tuple[np.ndarray, np.ndarray]:
     """(groups with near-duplicate-linked groups joined under their first name, how many original
     groups each row's group now holds: 1 where nothing was merged)."""
     if near_pairs is None or len(near_pairs) == 0:
         return groups, np.ones(len(groups), np.int64)
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     names, index = np.unique(groups, return_inverse=True)
-    a, b = index[near_pairs["i"].to_numpy()], index[near_pairs["j"].to_numpy()]
-    graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(len(names), len(names)))
-    component = connected_components(graph, directed=False)[1]
+    component = components(len(names), index[near_pairs["i"].to_numpy()], index[near_pairs["j"].to_numpy()])
     first = pd.Series(names).groupby(component).transform("min").to_numpy()  # names are sorted
     size = np.bincount(component)
     return first[index], size[component[index]]

@@ -322,3 +322,30 @@ def test_a_run_with_an_old_format_split_file_resumes(demo_dir, tmp_path):
     r = run_script(*tiny_args(demo_dir, out, 2, "--RESUME=True"))
     assert r.returncode == 0, r.stderr
     assert [e["epoch"] for e in history(out)["epochs"]] == [1, 2]
+
+
+def test_ctrl_c_during_a_save_waits_for_the_save_to_finish(tmp_path, monkeypatch):
+    # A Ctrl-C that landed mid-save once ended in an ImportError traceback and exit code 1.
+    import signal
+
+    from src.training import run as run_module
+    from src.training.model import MelanomaNet
+
+    real_plot = run_module.plot_training_curves
+
+    def plot_with_a_ctrl_c(history, path):
+        os.kill(os.getpid(), signal.SIGINT)  # arrives in the middle of the save
+        return real_plot(history, path)
+
+    monkeypatch.setattr(run_module, "plot_training_curves", plot_with_a_ctrl_c)
+    out = tmp_path / "run"
+    run = run_module.RunDir(out, SimpleNamespace(RESUME=False, OVERWRITE=False, ARCH="resnet18", IMG_SIZE=32))
+    (out / "split.csv").write_text("image_name\n")
+    model = MelanomaNet("resnet18")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    record = {"epoch": 1, "val_auc": 0.5, "val_loss": 1.0, "skipped_files": 0, "train_loss": 1.0}
+    with pytest.raises(KeyboardInterrupt):
+        run.save_epoch(model, optimizer, scheduler, None, 0, [record], dict(record))
+    assert (out / "training_curves.png").is_file() and (out / "training_history.json").is_file()
+    assert load_checkpoint(out / "last.pth")["epoch"] == 1

@@ -8,10 +8,13 @@ name and renamed into place, so a crash or a full disk leaves the previous versi
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import random
+import signal
 import socket
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -112,7 +115,12 @@ class RunDir:
         return ckpt["epoch"], list(ckpt["history"]), dict(ckpt["best"])
 
     def save_epoch(self, model, optimizer, scheduler, scaler, epoch: int, history: list, best: dict) -> None:
-        """Best checkpoint (if this epoch is best), then last.pth, then the history and its plot."""
+        """Best checkpoint (if this epoch is best), then last.pth, then the history and its plot. A Ctrl-C
+        meanwhile waits until all of them are written: the run then stops with a consistent folder."""
+        with interrupts_deferred():
+            self._save_epoch(model, optimizer, scheduler, scaler, epoch, history, best)
+
+    def _save_epoch(self, model, optimizer, scheduler, scaler, epoch: int, history: list, best: dict) -> None:
         record = history[-1]
         if best.get("epoch") == epoch + 1:
             path = self.path / f"best_model_epoch{epoch + 1}.pth"
@@ -169,6 +177,23 @@ class RunDir:
                 "split_file": SPLIT_FILE,
             },
         )
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Hold SIGINT until the block ends, then raise KeyboardInterrupt if one came. A Ctrl-C that
+    landed inside a save once surfaced as an ImportError traceback from a half-loaded library."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
 
 
 def rng_state() -> dict:

@@ -52,7 +52,7 @@ def test_kaggle_test_is_unlabeled():
         len(m.table) == 10982 and m.table.patient_id.nunique() == 690 and m.formats == ["isic2020_unlabeled"]
     )
     assert (m.table.target == -1).all()
-    with pytest.raises(MetadataError, match="has image_name but no 'target' column"):
+    with pytest.raises(MetadataError, match="has no 'target' column"):
         read_metadata(path)
 
 

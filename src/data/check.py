@@ -29,9 +29,20 @@ from src.data.labels import (
 from src.data.metadata import MALIGNANT_POLICIES
 from src.data.splits import SplitError, grouping_description, make_split, split_summary
 
+MALIGNANT_NOTE = {
+    "negative": "counted as benign (--malignant-non-melanoma=positive counts them)",
+    "positive": "counted as positive: {melanoma:,} positives = {pure:,} melanoma + {other:,} others",
+    "drop": "left out",
+}
+
 
 def dataset_report(
-    data: LabeledImages, val_fraction: float, fold: int, seed: int, decode: bool = False
+    data: LabeledImages,
+    val_fraction: float,
+    fold: int,
+    seed: int,
+    decode: bool = False,
+    policy: str = "negative",
 ) -> dict:
     table = data.table
     unreadable = find_unreadable(table["path"], decode)
@@ -42,6 +53,8 @@ def dataset_report(
         "rows": int(len(table)),
         "melanoma": int(table["target"].sum()),
         "melanoma_rate": round(float(table["target"].mean()), 5),
+        "other_malignant": data.metadata.other_malignant,
+        "malignant_non_melanoma": policy,
         "patients": int(table.loc[table["patient_id"] != "", "patient_id"].nunique()),
         "split_groups": int(split["group"].nunique()),
         "grouping": grouping_description(split),
@@ -65,6 +78,15 @@ def print_report(report: dict) -> None:
         f"images:        {report['rows']:,}   melanoma: {report['melanoma']:,} "
         f"({100 * report['melanoma_rate']:.2f}%)   patients: {patients}"
     )
+    if report["other_malignant"]:
+        print(
+            f"malignant:     {report['other_malignant']:,} malignant but not melanoma (BCC, SCC...), "
+            + MALIGNANT_NOTE[report["malignant_non_melanoma"]].format(
+                melanoma=report["melanoma"],
+                other=report["other_malignant"],
+                pure=report["melanoma"] - report["other_malignant"],
+            )
+        )
     for reason, n in report["dropped"].items():
         print(f"dropped:       {n:,} rows ({reason})")
     print(f"missing files: {report['missing_images']}   unreadable files: {len(report['unreadable'])}")
@@ -112,7 +134,9 @@ def main(argv=None) -> int:
             malignant_non_melanoma=args.malignant_non_melanoma,
             skip_missing=args.skip_missing,
         )
-        report = dataset_report(data, args.val_fraction, args.fold, args.seed, args.decode)
+        report = dataset_report(
+            data, args.val_fraction, args.fold, args.seed, args.decode, args.malignant_non_melanoma
+        )
     except (DataError, SplitError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -37,7 +37,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from the repository root
 
 from src.data.atomic import atomic_write_text, replace_atomically
-from src.data.images import ImageDecodeError, decode_image
+from src.data.images import ImageDecodeError, decode_image, file_stamp
 from src.data.labels import DataError, load_labeled_images
 from src.data.splits import components
 
@@ -68,8 +68,7 @@ def _fingerprint_file(path: str) -> np.ndarray | None:
 
 def _stamp(path: str) -> tuple[int, int]:
     try:
-        st = os.stat(path)
-        return st.st_size, st.st_mtime_ns
+        return file_stamp(path)
     except OSError:
         return -1, -1
 

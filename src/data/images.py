@@ -4,6 +4,9 @@ ISIC 2020 originals are mostly 6000x4000 JPEGs. Decoding all those pixels only t
 away in a resize is the slowest step of training, so JPEGs are decoded in the DCT domain at 1/2, 1/4
 or 1/8 scale (OpenCV's IMREAD_REDUCED_COLOR_*), picking the largest reduction that still leaves the
 short side at least as large as needed, and then resized to the exact size.
+
+Images can also live inside an HDF5 file (the ISIC 2024 layout: one scalar dataset of JPEG bytes per
+image, keyed by isic_id). Such an image's path is "<file.hdf5>::<isic_id>"; every reader here accepts it.
 """
 
 from __future__ import annotations
@@ -31,6 +34,11 @@ MAX_ASPECT_RATIO = 10.0  # a 10,000x1 PNG of 109 bytes would otherwise become 2.
 MAX_FILE_BYTES = 256 * 1024 * 1024  # read into memory whole; real originals are under 30 MB
 
 
+HDF5_EXTENSIONS = (".hdf5", ".h5")
+MEMBER_SEP = "::"  # "train-image.hdf5::ISIC_0015657" is one image inside an HDF5 file
+_open_hdf5: dict = {}  # (process id, file) -> open h5py.File
+
+
 class ImageDecodeError(Exception):
     """A file that is not a usable image; the message says why."""
 
@@ -47,6 +55,8 @@ def index_images(folder: str | Path) -> dict[str, str]:
     """
     folder = Path(folder)
     found: dict[str, str] = {}
+    if folder.suffix.lower() in HDF5_EXTENSIONS and folder.is_file():
+        return index_hdf5(folder)
     if not folder.is_dir():
         return found
     subdirs = []
@@ -60,6 +70,68 @@ def index_images(folder: str | Path) -> dict[str, str]:
             if not _is_dir(entry):
                 _add_image(found, entry, overwrite=False)
     return found
+
+
+def index_hdf5(file: str | Path) -> dict[str, str]:
+    """id -> "<file>::<id>" for every dataset in an ISIC 2024 style HDF5 file. The file is closed
+    again: DataLoader workers open their own handle (an HDF5 handle must not cross a fork)."""
+    import h5py  # only needed for the ISIC 2024 layout
+
+    try:
+        with h5py.File(file, "r") as f:
+            keys = [key for key, item in f.items() if isinstance(item, h5py.Dataset)]
+        return {key: f"{file}{MEMBER_SEP}{key}" for key in keys}
+    except OSError as e:
+        raise ImageDecodeError(f"cannot read {file} as HDF5: {e}") from None
+
+
+def hdf5_member(path: str | Path) -> tuple[str, str] | None:
+    """(file, key) when `path` names an image inside an HDF5 file, else None."""
+    file, sep, key = str(path).rpartition(MEMBER_SEP)
+    return (file, key) if sep and file.lower().endswith(HDF5_EXTENSIONS) else None
+
+
+def _hdf5_file(file: str):
+    """This process's handle on `file`, opened on first use: keyed by process id, so a worker
+    forked from a process that had the file open opens its own instead of sharing one."""
+    import h5py
+
+    key = (os.getpid(), file)
+    if key not in _open_hdf5:
+        _open_hdf5[key] = h5py.File(file, "r")
+    return _open_hdf5[key]
+
+
+def read_image_bytes(path: str | Path) -> bytes:
+    """The encoded bytes of an image file or of an image inside an HDF5 file."""
+    member = hdf5_member(path)
+    try:
+        if member:
+            dataset = _hdf5_file(member[0])[member[1]]
+            if dataset.nbytes > MAX_FILE_BYTES:
+                raise ImageTooLarge(f"{path}: {dataset.nbytes:,} bytes, above the limit {MAX_FILE_BYTES:,}")
+            return bytes(dataset[()])
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_FILE_BYTES:
+                raise ImageTooLarge(f"{path}: file is {size:,} bytes, above the limit of {MAX_FILE_BYTES:,}")
+            return f.read()
+    except (OSError, KeyError) as e:  # missing, unreadable, a directory, a symlink loop, no such key...
+        raise ImageDecodeError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+
+
+def file_stamp(path: str | Path) -> tuple[int, int]:
+    """(size, mtime_ns) that changes when the image changes; for an HDF5 member, its own size
+    and the file's modification time. Raises OSError when it cannot be read."""
+    member = hdf5_member(path)
+    if member:
+        try:
+            size = _hdf5_file(member[0])[member[1]].nbytes
+        except KeyError as e:
+            raise OSError(f"{path}: {e}") from None
+        return size, os.stat(member[0]).st_mtime_ns
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
 
 
 def _entries(folder) -> list[os.DirEntry]:
@@ -167,15 +239,7 @@ def decode_image(path: str | Path, min_short_side: int | None = None) -> np.ndar
     image is upscaled), using reduced JPEG decoding when possible. Grayscale, RGBA, CMYK and 16-bit
     files come out as 8-bit RGB. Raises ImageDecodeError with the reason on a bad file.
     """
-    try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size > MAX_FILE_BYTES:
-                raise ImageTooLarge(f"{path}: file is {size:,} bytes, above the limit of {MAX_FILE_BYTES:,}")
-            data = f.read()
-    except OSError as e:  # missing, unreadable, a directory, a symlink loop...
-        raise ImageDecodeError(f"cannot read {path}: {e.strerror or e}") from None
-    return decode_bytes(data, min_short_side, name=str(path))
+    return decode_bytes(read_image_bytes(path), min_short_side, name=str(path))
 
 
 def decode_bytes(data: bytes, min_short_side: int | None = None, name: str = "image") -> np.ndarray:

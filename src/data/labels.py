@@ -16,7 +16,14 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from src.data.images import ImageDecodeError, decode_image, index_images, jpeg_is_truncated
+from src.data.images import (
+    ImageDecodeError,
+    decode_image,
+    hdf5_member,
+    index_images,
+    jpeg_is_truncated,
+    read_image_bytes,
+)
 from src.data.metadata import Metadata, MetadataError, read_metadata
 
 DEFAULT_METADATA = "data/metadata.csv"
@@ -133,14 +140,21 @@ def missing_message(missing: list[str], total: int, images_dir: str) -> str:
 
 def quick_check(path: str) -> str | None:
     """Cheap per-file check without decoding pixels: the reason a file is unusable, or None."""
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            head = f.read(8)
-            f.seek(max(0, size - 4096))
-            tail = f.read()
-    except OSError as e:
-        return f"cannot read: {e.strerror}"
+    if hdf5_member(path):  # small JPEGs inside one file: read whole
+        try:
+            data = read_image_bytes(path)
+        except ImageDecodeError as e:
+            return str(e).split(": ", 1)[-1]
+        size, head, tail = len(data), data[:8], data[-4096:]
+    else:
+        try:
+            size = os.path.getsize(path)
+            with open(path, "rb") as f:
+                head = f.read(8)
+                f.seek(max(0, size - 4096))
+                tail = f.read()
+        except OSError as e:
+            return f"cannot read: {e.strerror}"
     if size == 0:
         return "empty file (0 bytes)"
     if head[:2] == b"\xff\xd8":
@@ -151,8 +165,7 @@ def quick_check(path: str) -> str | None:
 
 
 def _full_truncation_check(path: str) -> str | None:
-    with open(path, "rb") as f:
-        return "truncated JPEG (no end-of-image marker)" if jpeg_is_truncated(f.read()) else None
+    return "truncated JPEG (no end-of-image marker)" if jpeg_is_truncated(read_image_bytes(path)) else None
 
 
 def find_unreadable(paths, decode: bool = False) -> dict[str, str]:

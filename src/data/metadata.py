@@ -5,6 +5,10 @@ Formats are detected from the columns, never from the file name:
 - ``isic2020``: ISIC 2020 ground truth v1/v2 and Kaggle ``train.csv``
   (``image_name, patient_id, ..., target``). Also any CSV with ``image_name`` and ``target``.
 - ``isic2020_unlabeled``: Kaggle ``test.csv`` (``image_name`` without ``target``); prediction only.
+- ``isic2024``: ISIC 2024 (SLICE-3D) ``train-metadata.csv`` (``isic_id, target, patient_id, ...,
+  tbp_lv_*, iddx_*``); its ``target`` means "any malignant", melanoma is read from ``iddx_2``/``iddx_3``.
+  ``isic2024_unlabeled``: its ``test-metadata.csv`` (no ``target``); prediction only.
+  The numeric measurements (``clin_size_long_diam_mm``, ``tbp_lv_*``) are kept for the context stage.
 - ``isic_archive``: the ISIC Archive / ``isic-cli`` ``metadata.csv`` (``isic_id, attribution, ...``),
   current (``diagnosis_1..5``) and older (``benign_malignant``, ``diagnosis``) exports.
 - ``isic2019``: ISIC 2019 ground truth (one-hot ``MEL, NV, ...``), merged with the
@@ -12,7 +16,8 @@ Formats are detected from the columns, never from the file name:
 - ``isic2017``: ISIC 2017 Part 3 ground truth (``image_id, melanoma, seborrheic_keratosis``).
 - ``ham10000``: ``HAM10000_metadata.csv`` (``lesion_id, image_id, dx, ...``).
 
-The common table has one row per image with COLUMNS below; ``target`` is 1 for melanoma, 0 otherwise.
+The common table has one row per image with COLUMNS below; ``target`` is 1 for melanoma, 0 otherwise
+(malignant lesions that are not melanoma follow MALIGNANT_POLICIES).
 """
 
 from __future__ import annotations
@@ -34,10 +39,25 @@ COLUMNS = [
     "diagnosis",
     "source",
 ]
+# ISIC 2024 measurements from the 3D total-body photograph, kept (as numbers) for the context stage.
+# Only columns present in the official test-metadata.csv: what prediction will have too.
+NON_MEASUREMENTS = {"tbp_lv_location", "tbp_lv_location_simple", "tbp_lv_dnn_lesion_confidence"}
+
+
+def measurement_columns(columns) -> list[str]:
+    return [
+        c
+        for c in columns
+        if (c.startswith("tbp_lv_") and c not in NON_MEASUREMENTS) or c == "clin_size_long_diam_mm"
+    ]
+
+
 # What a malignant lesion that is not melanoma (BCC, SCC, ...) becomes. The ISIC 2020 target
 # is "melanoma or not", so the default is 0; "positive" makes it 1, "drop" removes those rows.
 MALIGNANT_POLICIES = ("negative", "positive", "drop")
 KNOWN_FORMATS = {
+    "isic2024": "ISIC 2024 train-metadata.csv: isic_id, target, patient_id, ..., tbp_lv_*, iddx_1..5",
+    "isic2024_unlabeled": "ISIC 2024 test-metadata.csv: isic_id, patient_id, ..., tbp_lv_* (no target)",
     "isic2020": "ISIC 2020 ground truth / Kaggle train.csv: image_name, patient_id, ..., target",
     "isic2020_unlabeled": "Kaggle test.csv: image_name, patient_id, ... (no target; prediction only)",
     "isic_archive": "ISIC Archive / isic-cli metadata.csv: isic_id, attribution, copyright_license, "
@@ -58,10 +78,13 @@ class Metadata:
     table: pd.DataFrame  # COLUMNS, one row per image
     formats: list[str]  # detected format of each file read
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> rows removed
+    other_malignant: int = 0  # malignant rows that are not melanoma (BCC, SCC...), before the policy
 
 
 def detect_format(columns) -> str | None:
     cols = set(columns)
+    if {"isic_id", "tbp_tile_type"} <= cols:
+        return "isic2024" if "target" in cols else "isic2024_unlabeled"
     if "isic_id" in cols:
         return "isic_archive"
     if {"image", "MEL"} <= cols:
@@ -97,9 +120,10 @@ def read_metadata(
             f"malignant_non_melanoma must be one of {MALIGNANT_POLICIES}, not {malignant_non_melanoma!r}"
         )
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    tables, formats, dropped = [], [], {}
+    tables, formats, dropped, other = [], [], {}, 0
     for path in paths:
         table, fmt, file_dropped = _read_one(Path(path), malignant_non_melanoma, require_labels)
+        other += file_dropped.pop("_other_malignant")
         tables.append(table)
         formats.append(fmt)
         for reason, n in file_dropped.items():
@@ -112,7 +136,7 @@ def read_metadata(
     if duplicates_csv:
         table, n = drop_official_duplicates(table, duplicates_csv)
         dropped["official duplicate"] = n
-    return Metadata(table=table, formats=formats, dropped=dropped)
+    return Metadata(table=table, formats=formats, dropped=dropped, other_malignant=other)
 
 
 def _read_one(path: Path, policy: str, require_labels: bool):
@@ -123,14 +147,16 @@ def _read_one(path: Path, policy: str, require_labels: bool):
         raise MetadataError(
             f"Unknown metadata format in {path}.\nColumns found: {list(raw.columns)}\nKnown formats:\n{known}"
         )
-    if fmt == "isic2020_unlabeled" and require_labels:
+    if fmt.endswith("_unlabeled") and require_labels:
         raise MetadataError(
-            f"{path} has image_name but no 'target' column (it looks like Kaggle "
-            f"test.csv, which has no labels). Training and evaluation need labels."
+            f"{path} has no 'target' column (it looks like a Kaggle test file, which has no "
+            f"labels: {KNOWN_FORMATS[fmt]}). Training and evaluation need labels."
         )
     parse = {
         "isic2020": _parse_isic2020,
         "isic2020_unlabeled": _parse_isic2020,
+        "isic2024": _parse_isic2024,
+        "isic2024_unlabeled": _parse_isic2024,
         "isic_archive": _parse_archive,
         "isic2019": _parse_isic2019,
         "isic2017": _parse_isic2017,
@@ -138,11 +164,14 @@ def _read_one(path: Path, policy: str, require_labels: bool):
     }[fmt]
     table = parse(raw, path)
     table["source"] = fmt
+    other_malignant = int((table.get("_malignant", False) & (table["target"] == 0)).sum())
     table = _apply_label_rules(table, policy)
-    dropped = {reason: int((table["_drop"] == reason).sum()) for reason in table["_drop"].unique() if reason}
+    dropped = {"_other_malignant": other_malignant} | {
+        reason: int((table["_drop"] == reason).sum()) for reason in table["_drop"].unique() if reason
+    }
     table = table[table["_drop"] == ""].drop(columns=["_drop", "_malignant"]).reset_index(drop=True)
     _check_unique_ids(table, path)
-    return table[COLUMNS], fmt, dropped
+    return table[COLUMNS + measurement_columns(table.columns)], fmt, dropped
 
 
 def _apply_label_rules(table: pd.DataFrame, policy: str) -> pd.DataFrame:
@@ -210,6 +239,29 @@ def _parse_isic2020(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
             "diagnosis": _column(raw, "diagnosis"),
         }
     )
+
+
+def _parse_isic2024(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
+    labeled = "target" in raw.columns
+    malignant = _binary(raw["target"], path, "target") == 1 if labeled else pd.Series(False, index=raw.index)
+    d1, d2, d3 = (_column(raw, f"iddx_{i}") for i in (1, 2, 3))
+    melanoma = (d2 == MELANOMA_DIAGNOSIS_2) | d3.str.startswith("Melanoma")
+    table = pd.DataFrame(
+        {
+            "image_name": raw["isic_id"].str.strip(),
+            "target": (malignant & melanoma).astype(np.int64) if labeled else -1,
+            "patient_id": _column(raw, "patient_id"),
+            "lesion_id": _column(raw, "lesion_id"),
+            "sex": _column(raw, "sex"),
+            "age_approx": _age(_column(raw, "age_approx")),
+            "anatom_site": _column(raw, "anatom_site_general"),
+            "diagnosis": d3.where(d3 != "", d2.where(d2 != "", d1)),
+            "_malignant": malignant,
+        }
+    )
+    for name in measurement_columns(raw.columns):
+        table[name] = pd.to_numeric(raw[name], errors="coerce")
+    return table
 
 
 def _parse_archive(raw: pd.DataFrame, path: Path) -> pd.DataFrame:

@@ -27,7 +27,7 @@ import cv2
 from tqdm import tqdm
 
 from src.data.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
-from src.data.images import ImageDecodeError, decode_image, index_images
+from src.data.images import ImageDecodeError, decode_image, file_stamp, index_images
 from src.data.labels import CACHE_INFO
 
 JPEG_QUALITY = 95  # high: the cache feeds training, and re-encoding artefacts would be learned
@@ -81,18 +81,13 @@ def write_sources(out_dir: Path, sources: dict[str, tuple[int, int]]) -> None:
     atomic_write_text(out_dir / SOURCES, "\n".join(lines) + "\n")
 
 
-def stamp(path: str) -> tuple[int, int]:
-    st = os.stat(path)
-    return st.st_size, st.st_mtime_ns
-
-
 def stale_or_missing(originals: dict[str, str], out_dir: Path, sources: dict) -> dict[str, tuple[int, int]]:
     """key -> (size, mtime) of every original whose cached copy is missing or was made from another
     version of the file (changed size or modification time), so an edited original is re-cached."""
     todo = {}
     for key, src in originals.items():
         try:
-            current = stamp(src)
+            current = file_stamp(src)
         except OSError:
             current = (-1, -1)  # unreadable: prepare_one reports why
         if sources.get(key) != current or not (out_dir / f"{key}.jpg").exists():

@@ -260,3 +260,48 @@ def markdown(report: dict) -> str:
         ]
         lines += [f"| {c['image']} | {c['training_image']} | {c['similarity']:.4f} |" for c in copies[:50]]
     return "\n".join(lines) + "\n"
+
+
+def plot_importance(gains: dict, path: Path, top: int = 20) -> str:
+    names, values = list(gains)[:top][::-1], list(gains.values())[:top][::-1]
+    fig, ax = plt.subplots(figsize=(6.5, 0.28 * len(names) + 1.2))
+    ax.barh(names, values, color="tab:blue")
+    ax.set_xlabel("total gain (mean over fold models)")
+    ax.set_title("Context stage: feature importance")
+    return _save(fig, path)
+
+
+def context_markdown(report: dict) -> str:
+    b = report["bootstrap"]
+    lines = [
+        "# Context stage report",
+        "",
+        f"{report['images']:,} images, {report['melanoma']:,} melanoma, {report['patients']:,} patients, "
+        f"{report['folds']} patient-grouped folds; labels from `{report['metadata']}`.",
+        "",
+        *[f"> {note}" for note in report["notes"]],
+        "",
+        f"95% intervals: percentile bootstrap over {b['unit']} "
+        f"({b['resamples']} resamples, seed {b['seed']}). "
+        f"Threshold: {report['threshold_rule']}.",
+        "",
+        "| score | ROC AUC [95% CI] | pAUC above TPR 0.8 [95% CI] | sensitivity | specificity |",
+        "|---|---|---|---|---|",
+    ]
+    for stage in report["stages"].values():
+        op = stage["operating_point"]
+        lines.append(
+            f"| {stage['label']} | {_with_ci(stage, 'roc_auc')} | {_with_ci(stage, 'pauc_tpr80')} | "
+            f"{_fmt(op['sensitivity'])} | {_fmt(op['specificity'])} |"
+        )
+    follow = "used" if report["lesion_follow_up"] else "not used (lesion ids missing for some rows)"
+    return "\n".join(
+        lines
+        + [
+            "",
+            f"{report['features']} features; lesion follow-up features {follow}.",
+            "",
+            f"![feature importance]({report['plots']['importance']})",
+            "",
+        ]
+    )

@@ -214,6 +214,7 @@ def test_two_process_gloo_run_matches_single_process_evaluation(demo_dir, tmp_pa
         ("--NUM_EPOCHS=-1", "NUM_EPOCHS must be at least 1"),
         ("--FOLD=5", "FOLD must be in 0..4"),
         ("--MALIGNANT_NON_MELANOMA=yes", "MALIGNANT_NON_MELANOMA must be one of"),
+        ("--SELECT_BY=accuracy", "SELECT_BY must be one of"),
     ],
 )
 def test_bad_settings_stop_before_any_work(demo_dir, tmp_path, capsys, setting, message):
@@ -349,3 +350,14 @@ def test_ctrl_c_during_a_save_waits_for_the_save_to_finish(tmp_path, monkeypatch
         run.save_epoch(model, optimizer, scheduler, None, 0, [record], dict(record))
     assert (out / "training_curves.png").is_file() and (out / "training_history.json").is_file()
     assert load_checkpoint(out / "last.pth")["epoch"] == 1
+
+
+def test_best_epoch_by_auc_or_by_partial_auc():
+    from src.training.train import best_key
+
+    epoch1 = {"val_auc": 0.90, "val_pauc": 0.05, "val_loss": 0.4}
+    epoch2 = {"val_auc": 0.88, "val_pauc": 0.09, "val_loss": 0.5}
+    assert best_key(epoch1) > best_key(epoch2)
+    assert best_key(epoch2, "pauc") > best_key(epoch1, "pauc")
+    undefined = {"val_auc": None, "val_pauc": None, "val_loss": 0.3}
+    assert best_key(undefined, "pauc") < best_key(epoch1, "pauc")

@@ -8,8 +8,9 @@
 
 Every setting is a constant below; override any of them as --NAME=value (--help lists them).
 Splits keep each patient on one side, and the best epoch is chosen by validation ROC AUC (accuracy
-means little at 1.76% melanoma). Writes to CHECKPOINT_DIR: best_model_epoch{N}.pth (everything
-inference needs), last.pth (for RESUME), training_history.json, training_curves.png and split.csv.
+means little at 1.76% melanoma; SELECT_BY="pauc" picks by the ISIC 2024 partial AUC instead).
+Writes to CHECKPOINT_DIR: best_model_epoch{N}.pth (everything inference needs), last.pth (for
+RESUME), training_history.json, training_curves.png and split.csv.
 The demo reaches validation AUC 0.94 in about a minute on a 2-core CPU; on real data see README
 "Results". One epoch reads from four files: this one, engine.py (train_one_epoch, validate),
 src/data/loader.py (the Dataset) and src/data/transforms.py (preprocessing and augmentation).
@@ -61,6 +62,7 @@ VAL_FRACTION = 0.2  # grouped hold-out: 0.2 means fold FOLD of 5
 FOLD = 0  # which fold is the validation set
 NUM_FOLDS = 0  # > 0: K-fold with this K instead of 1 / VAL_FRACTION
 SEED = 42  # split, initialisation, shuffling and augmentation
+SELECT_BY = "auc"  # best epoch by validation "auc" (ROC AUC) or "pauc" (ISIC 2024 partial AUC, TPR >= 0.8)
 MERGE_NEAR_DUPLICATES = True  # keep pixel-level near-copies (src/data/dedup.py) on one side of the split
 # model and optimisation
 ARCH = "resnet50"  # resnet18 / resnet34 / resnet50 / resnet101
@@ -154,14 +156,15 @@ def fit(c, rank: int, world: int, local_rank: int) -> int:
         val = validate(model, val_loader, rt)
         history.append(epoch_record(epoch, train, val, scheduler.get_last_lr()[-1], names))
         print_epoch(history[-1], c.NUM_EPOCHS, rank)
-        if not best or best_key(history[-1]) > best_key(best):
+        if not best or best_key(history[-1], c.SELECT_BY) > best_key(best, c.SELECT_BY):
             best = {**history[-1]}
         if rank == 0:
             run.save_epoch(model, optimizer, scheduler, rt.scaler, epoch, history, best)
         dist.barrier()
     auc = "n/a" if best.get("val_auc") is None else f"{best['val_auc']:.4f}"
+    pauc = "" if c.SELECT_BY == "auc" or best.get("val_pauc") is None else f", pAUC {best['val_pauc']:.4f}"
     log(
-        f"Done. Best epoch {best['epoch']}: validation AUC {auc} "
+        f"Done. Best epoch {best['epoch']} (by {SELECTION[c.SELECT_BY]}): validation AUC {auc}{pauc} "
         f"-> {run.path}/best_model_epoch{best['epoch']}.pth",
         rank=rank,
     )
@@ -215,6 +218,7 @@ def check_settings(c) -> None:
             c.MALIGNANT_NON_MELANOMA in MALIGNANT_POLICIES,
             f"MALIGNANT_NON_MELANOMA must be one of {MALIGNANT_POLICIES}, not {c.MALIGNANT_NON_MELANOMA!r}",
         ),
+        (c.SELECT_BY in SELECTION, f"SELECT_BY must be one of {tuple(SELECTION)}, not {c.SELECT_BY!r}"),
         (0 < c.VAL_FRACTION < 1, "VAL_FRACTION must be between 0 and 1"),
         (c.NUM_FOLDS == 0 or c.NUM_FOLDS >= 2, "NUM_FOLDS must be 0 (use VAL_FRACTION) or at least 2"),
         (
@@ -386,10 +390,13 @@ def print_epoch(r: dict, num_epochs: int, rank: int) -> None:
     )
 
 
-def best_key(record: dict) -> tuple:
-    """Validation AUC; where it is undefined (one class in a tiny split), lower validation loss."""
-    auc, loss = record["val_auc"], record["val_loss"]
-    return (auc if auc is not None else -math.inf, -loss if loss is not None else -math.inf)
+SELECTION = {"auc": "validation ROC AUC", "pauc": "validation partial AUC above TPR 0.8"}
+
+
+def best_key(record: dict, select_by: str = "auc") -> tuple:
+    """Validation AUC (or pAUC); where undefined (one class in a tiny split), lower validation loss."""
+    score, loss = record["val_pauc" if select_by == "pauc" else "val_auc"], record["val_loss"]
+    return (score if score is not None else -math.inf, -loss if loss is not None else -math.inf)
 
 
 def report_stop(e: BaseException, last: Path) -> int:

@@ -128,10 +128,7 @@ class RunDir:
             for old in self.path.glob("best_model_epoch*.pth"):
                 if old != path:
                     old.unlink()  # only after the new best is safely written
-            print(
-                f"  * new best epoch (by validation {self.c.SELECT_BY.replace('auc', 'AUC')}) -> {path}",
-                flush=True,
-            )
+            print(f"  * new best epoch -> {path}", flush=True)
         last = self.inference_payload(model, epoch, record)
         last.update(
             {

@@ -2,6 +2,7 @@
 a tiny training run and a submission file, on the real sample in ../shared."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from src.data import check
@@ -50,13 +51,12 @@ def test_check_command_prints_melanoma_and_other_malignant(capsys):
     assert "melanoma: 8" in out and "13 malignant but not melanoma" in out and "50" in out
 
 
-@pytest.mark.parametrize("images", ["train-image.hdf5", "train-image/image"])
-def test_tiny_training_run_reads_both_layouts(tmp_path, images):
-    r = run_script(
+def train_tiny(images: str, out):
+    return run_script(
         "src/training/train.py",
         f"--DATA_DIR={D / images}",
         f"--METADATA_CSV={D / 'train-metadata.csv'}",
-        f"--CHECKPOINT_DIR={tmp_path / 'run'}",
+        f"--CHECKPOINT_DIR={out}",
         "--MALIGNANT_NON_MELANOMA=positive",
         "--PRETRAINED=False",
         "--IMG_SIZE=32",
@@ -66,6 +66,92 @@ def test_tiny_training_run_reads_both_layouts(tmp_path, images):
         "--CACHE_DIR=",
         "--SELECT_BY=pauc",
     )
+
+
+@pytest.fixture(scope="module")
+def run2024(tmp_path_factory):
+    """A tiny run trained on the images inside train-image.hdf5: (stdout, best checkpoint)."""
+    out = tmp_path_factory.mktemp("run2024")
+    r = train_tiny("train-image.hdf5", out)
     assert r.returncode == 0, r.stderr
-    assert "Data: 51 images, 21 melanoma" in r.stdout and "(by validation partial AUC" in r.stdout
-    assert list((tmp_path / "run").glob("best_model_epoch1.pth"))
+    return r.stdout, out / "best_model_epoch1.pth"
+
+
+def test_tiny_training_run_reads_the_hdf5_file(run2024):
+    stdout, best = run2024
+    assert "Data: 51 images, 21 melanoma" in stdout and "(by validation partial AUC" in stdout
+    assert best.is_file()
+
+
+def test_tiny_training_run_reads_the_jpeg_folder(tmp_path):
+    r = train_tiny("train-image/image", tmp_path / "run")
+    assert r.returncode == 0 and "Data: 51 images, 21 melanoma" in r.stdout, r.stderr
+
+
+def test_prediction_on_the_test_hdf5_writes_the_sample_submission_format(run2024, tmp_path):
+    _, best = run2024
+    sample = pd.read_csv(D / "sample_submission.csv")
+    for source in (["test-metadata.csv", f"--images={D / 'test-image.hdf5'}"], ["test-image.hdf5"]):
+        out = tmp_path / "submission.csv"
+        r = run_script(
+            "src/inference/predict.py",
+            f"--checkpoint={best}",
+            D / source[0],
+            *source[1:],
+            "--submission",
+            f"--out={out}",
+            "--workers=0",
+        )
+        assert r.returncode == 0, r.stderr
+        written = pd.read_csv(out)
+        assert list(written.columns) == list(sample.columns) == ["isic_id", "target"]
+        assert (
+            sorted(written["isic_id"]) == sorted(sample["isic_id"]) and written["target"].between(0, 1).all()
+        )
+
+
+def test_prediction_with_the_context_stage_scores_each_patient_together(run2024, tmp_path):
+    from src.training import context
+
+    _, best = run2024
+    assert (
+        context.main(
+            [
+                f"--metadata={D / 'train-metadata.csv'}",
+                f"--out={tmp_path / 'ctx'}",
+                "--folds=3",
+                "--bootstrap=10",
+                "--malignant-non-melanoma=positive",
+            ]
+        )
+        == 0
+    )
+    out = tmp_path / "pred.csv"
+    r = run_script(
+        "src/inference/predict.py",
+        f"--checkpoint={best}",
+        D / "test-metadata.csv",
+        f"--images={D / 'test-image.hdf5'}",
+        f"--context={tmp_path / 'ctx' / 'context_model.json'}",
+        f"--out={out}",
+        "--workers=0",
+    )
+    assert r.returncode == 0, r.stderr
+    pred = pd.read_csv(out)
+    assert list(pred.columns) == [
+        "image_name",
+        "target",
+        "label",
+        "image_probability",
+        "patient_rank",
+        "error",
+    ]
+    assert len(pred) == 3 and pred["target"].between(0, 1).all() and (pred["patient_rank"] == 1).all()
+    folder = run_script(
+        "src/inference/predict.py",
+        f"--checkpoint={best}",
+        D / "test-image.hdf5",
+        f"--context={tmp_path / 'ctx' / 'context_model.json'}",
+        f"--out={out}",
+    )
+    assert folder.returncode == 1 and "--context needs metadata" in folder.stderr

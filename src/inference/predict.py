@@ -1,12 +1,19 @@
 """Predict melanoma probabilities for new images.
 
     python src/inference/predict.py --checkpoint CKPT INPUT [--out predictions.csv] [--tta] [--explain DIR]
+    python src/inference/predict.py --checkpoint CKPT test-metadata.csv --images test-image.hdf5 \
+        --context checkpoints/context/context_model.json --submission --out submission.csv
 
 CKPT is a training checkpoint (.pth) or an export (.onnx, also int8). INPUT is one image, a folder
-of images (or one level down), or a metadata CSV in any supported format (labels optional; images
-from --images, default the CSV's folder). Writes image_name,target (the ISIC/Kaggle submission
-columns; target is the calibrated melanoma probability), label (1 = melanoma at the saved
-threshold) and error. Unreadable files are listed with their error; the rest are still predicted.
+of images (or one level down), an ISIC 2024 image HDF5 file, or a metadata CSV in any supported
+format (labels optional; images from --images, default the CSV's folder). Writes image_name,target
+(target is the calibrated melanoma probability), label (1 = melanoma at the saved threshold) and
+error. Unreadable files are listed with their error; the rest are still predicted.
+
+--context applies the context stage (src/training/context.py) to a metadata CSV: all lesions of a
+patient are scored together, target becomes the fused risk, and image_probability and patient_rank
+(1 = the lesion that stands out most among the patient's) are added. --submission writes only the
+competition's two columns (isic_id,target for ISIC 2024 and Archive ids, else image_name,target).
 """
 
 from __future__ import annotations
@@ -23,18 +30,27 @@ import pandas as pd
 from tqdm import tqdm
 
 from src.data.atomic import atomic_write_bytes, atomic_write_text
-from src.data.images import IMAGE_EXTENSIONS, ImageDecodeError, decode_image, index_images
+from src.data.images import HDF5_EXTENSIONS, IMAGE_EXTENSIONS, ImageDecodeError, decode_image, index_images
 from src.data.labels import DataError
 from src.data.loader import ImageDataset, default_workers, make_loader
 from src.data.metadata import MetadataError, read_metadata
 from src.data.transforms import load_input
 from src.inference.predictor import Predictor
 from src.training.checkpoint import CheckpointError
+from src.training.context import ContextError, ContextModel
 
 
 def list_inputs(source: str, images: str | None) -> pd.DataFrame:
-    """(image_name, path) rows for an image, a folder or a metadata CSV; path is None when not found."""
+    """(image_name, path) rows for an image, a folder, an HDF5 file or a metadata CSV (then with its
+    metadata columns, and the id column name in attrs["id_column"]); path is None when not found."""
     path = Path(source)
+    if path.suffix.lower() in HDF5_EXTENSIONS:
+        if not path.is_file():
+            raise DataError(f"HDF5 file not found: {path}")
+        found = index_images(path)
+        rows = pd.DataFrame({"image_name": list(found), "path": list(found.values())})
+        rows.attrs["id_column"] = "isic_id"  # the ISIC 2024 layout
+        return rows
     if path.is_dir():
         found = index_images(path)
         if not found:
@@ -45,9 +61,12 @@ def list_inputs(source: str, images: str | None) -> pd.DataFrame:
             raise DataError(f"image not found: {path}")
         return pd.DataFrame({"image_name": [path.stem], "path": [str(path)]})
     if path.suffix.lower() == ".csv":
-        names = read_metadata(path, require_labels=False).table["image_name"]
+        metadata = read_metadata(path, require_labels=False)
         found = index_images(images or path.parent)
-        return pd.DataFrame({"image_name": names, "path": [found.get(n) for n in names]})
+        rows = metadata.table.assign(path=[found.get(n) for n in metadata.table["image_name"]])
+        isic_ids = any(f.startswith(("isic2024", "isic_archive")) for f in metadata.formats)
+        rows.attrs["id_column"] = "isic_id" if isic_ids else "image_name"
+        return rows
     raise DataError(f"{source} is not an image, a folder or a .csv file")
 
 
@@ -73,18 +92,45 @@ def predict_table(
         pin_memory=predictor.kind == "pytorch" and predictor.rt.device.type == "cuda",
     )
     probs, ok = np.full(len(readable), np.nan), np.zeros(len(readable), bool)
+    logits = np.full(len(readable), np.nan)
     for images, _, index, good in tqdm(loader, desc="predict", unit="batch"):
-        p = predictor.probabilities(predictor.logits(images, tta))
-        probs[index.numpy()], ok[index.numpy()] = p, good.numpy()
-    probs[~ok] = np.nan
+        z = predictor.logits(images, tta)
+        probs[index.numpy()], logits[index.numpy()], ok[index.numpy()] = (
+            predictor.probabilities(z),
+            z,
+            good.numpy(),
+        )
+    probs[~ok], logits[~ok] = np.nan, np.nan
     out = rows[["image_name"]].copy()
-    out["target"], out["error"] = np.nan, ""
-    out.loc[present, "target"] = probs
+    out["target"], out["logit"], out["error"] = np.nan, np.nan, ""
+    out.loc[present, "target"], out.loc[present, "logit"] = probs, logits
     failed = present.copy()
     failed[present] = ~ok
     out.loc[failed | ~present, "error"] = [error_for(p) for p in rows.loc[failed | ~present, "path"]]
     out["label"] = np.where(out["target"].notna(), (out["target"] >= predictor.threshold).astype(int), "")
-    return out[["image_name", "target", "label", "error"]]
+    return out[["image_name", "target", "label", "error", "logit"]]
+
+
+def apply_context(model: ContextModel, rows: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
+    """The context stage over all rows at once, so each patient's lesions are compared together."""
+    if "patient_id" not in rows:
+        raise DataError("--context needs metadata (patient, age, sex, site): give a metadata CSV as INPUT")
+    scored = model.score(rows, results["logit"].to_numpy() if model.uses_image_score else None)
+    out = results.assign(image_probability=results["target"])
+    failed = (out["error"] != "").to_numpy() if model.uses_image_score else np.zeros(len(out), bool)
+    out["target"] = np.where(failed, np.nan, scored["probability"])
+    out["label"] = np.where(failed, "", scored["label"].astype(str))
+    out["patient_rank"] = np.where(failed, np.nan, scored["patient_rank"])
+    return out[["image_name", "target", "label", "image_probability", "patient_rank", "error", "logit"]]
+
+
+def submission(results: pd.DataFrame, id_column: str) -> str:
+    """The competition's two columns; every row must have a score."""
+    missing = results["target"].isna()
+    if missing.any():
+        shown = ", ".join(results.loc[missing, "image_name"].head(5))
+        raise DataError(f"{int(missing.sum())} images have no score ({shown}); a submission needs every row")
+    return results[["image_name", "target"]].rename(columns={"image_name": id_column}).to_csv(index=False)
 
 
 def write_explanations(predictor: Predictor, rows: pd.DataFrame, results: pd.DataFrame, folder: Path) -> int:
@@ -113,6 +159,10 @@ def parse_args(argv=None):
     ap.add_argument("--out", default="predictions.csv")
     ap.add_argument("--tta", action="store_true", help="average the 8 flips/transposes")
     ap.add_argument("--explain", metavar="DIR", help="write Grad-CAM overlays (PNG) to DIR")
+    ap.add_argument(
+        "--context", metavar="MODEL", help="context_model.json: fuse metadata and patient context"
+    )
+    ap.add_argument("--submission", action="store_true", help="write only the id and target columns")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument(
         "--workers",
@@ -128,12 +178,20 @@ def main(argv=None) -> int:
     try:
         predictor = Predictor(args.checkpoint)
         rows = list_inputs(args.input, args.images)
+        context = ContextModel.load(args.context) if args.context else None
         results = predict_table(predictor, rows, args.batch_size, args.workers, args.tta)
-        atomic_write_text(args.out, results.to_csv(index=False))
+        if context:
+            results = apply_context(context, rows, results)
+        text = (
+            submission(results, rows.attrs.get("id_column", "image_name"))
+            if args.submission
+            else results.drop(columns="logit").to_csv(index=False)
+        )
+        atomic_write_text(args.out, text)
         if args.explain:
             n = write_explanations(predictor, rows, results, Path(args.explain))
             print(f"wrote {n} Grad-CAM overlays to {args.explain}/")
-    except (CheckpointError, DataError, MetadataError) as e:
+    except (CheckpointError, DataError, MetadataError, ContextError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     bad = int((results["error"] != "").sum())

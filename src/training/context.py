@@ -96,6 +96,17 @@ class ContextModel:
     def probabilities(self, table: pd.DataFrame, image_logit=None) -> np.ndarray:
         return M.calibrated(self.margins(table, image_logit), self.temperature, self.bias)
 
+    def score(self, table: pd.DataFrame, image_logit=None) -> pd.DataFrame:
+        """Per row: the calibrated risk, 1 at or above the threshold, and the "ugly duckling" rank
+        (1 = the image score that stands out most among the same patient's lesions)."""
+        t = table.reset_index(drop=True)
+        p = self.probabilities(t, image_logit)
+        basis = pd.Series(np.asarray(image_logit, float) if image_logit is not None else p)
+        rank = basis.groupby(split_groups(t)).rank(ascending=False, method="min")
+        return pd.DataFrame(
+            {"probability": p, "label": (p >= self.threshold).astype(int), "patient_rank": rank}
+        )
+
     def save(self, path: Path) -> None:
         body = {k: v for k, v in self.__dict__.items() if k != "boosters"}
         body["boosters"] = [b.model_to_string() for b in self.boosters]

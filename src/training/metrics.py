@@ -225,8 +225,8 @@ def fit_temperature(logits, y, iterations: int = 200) -> tuple[float, float]:
     """
     import torch
 
-    z = torch.as_tensor(np.asarray(logits, dtype=np.float64))
-    t = torch.as_tensor(np.asarray(y, dtype=np.float64))
+    z = torch.tensor(np.asarray(logits, dtype=np.float64))  # a copy: pandas 3 arrays can be read-only
+    t = torch.tensor(np.asarray(y, dtype=np.float64))
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     bias = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([log_t, bias], lr=0.5, max_iter=iterations, line_search_fn="strong_wolfe")

@@ -147,9 +147,11 @@ class Predictor:
     def probabilities(self, logits) -> np.ndarray:
         return calibrated(logits, self.temperature, self.bias)
 
+    def logit_bytes(self, data: bytes, tta: bool = False, name: str = "upload") -> float:
+        return float(self.logits(load_input_bytes(data, self.img_size, name)[None], tta)[0])
+
     def predict_bytes(self, data: bytes, tta: bool = False, name: str = "upload") -> dict:
-        x = load_input_bytes(data, self.img_size, name)[None]
-        p = float(self.probabilities(self.logits(x, tta))[0])
+        p = float(self.probabilities(self.logit_bytes(data, tta, name)))
         return {"probability": p, "label": int(p >= self.threshold), "threshold": self.threshold}
 
 

@@ -7,6 +7,8 @@ with the service's connection limits (docs/serving.md); `uvicorn src.inference.s
 works, and then needs the flags listed there. Settings from the environment: MAX_UPLOAD_MB
 (default 20), MAX_PIXELS (default 50,000,000; ISIC originals are at most 24 MP), THREADS (CPU
 threads for inference, default min(4, cores)), HEADER_TIMEOUT_S (10) and BODY_TIMEOUT_S (30).
+CONTEXT_MODEL (optional) names a context stage (context_model.json from src/training/context.py):
+`POST /triage` and `/predict` then weigh age, sex, site and the patient's other lesions too.
 
 `GET /` is a page for people: drop images, see the risk, the decision and Grad-CAM, and the model
 card with a link to the evaluation report (`GET /report/...`, read-only, the checkpoint's eval/
@@ -32,15 +34,22 @@ from pathlib import Path
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from fastapi import FastAPI, File, HTTPException, UploadFile
+import numpy as np
+import pandas as pd
+from fastapi import FastAPI, File, Form, HTTPException, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from src.data.images import MAX_PIXELS, ImageDecodeError, ImageTooLarge, check_header
+from src.data.metadata import COLUMNS
 from src.inference.predictor import Predictor, default_threads
+from src.training.context import ContextModel
+from src.training.metrics import calibrated
 
 MAX_UPLOAD_BYTES = int(float(os.environ.get("MAX_UPLOAD_MB", "20")) * 1024 * 1024)
 MULTIPART_OVERHEAD = 64 * 1024  # form boundaries and headers around the file itself
+MAX_TRIAGE_FILES = 32  # lesions of one patient in one /triage request (the whole body obeys MAX_UPLOAD_MB)
+SEXES = ("female", "male")
 BODY_TIMEOUT_S = float(os.environ.get("BODY_TIMEOUT_S", "30"))  # the whole body must arrive within this
 HEADER_TIMEOUT_S = float(os.environ.get("HEADER_TIMEOUT_S", "10"))  # request headers must arrive within this
 LIMIT_CONCURRENCY = 32  # connections at once; more get 503 instead of exhausting file descriptors
@@ -60,7 +69,11 @@ to make clinical decisions.
 
 `POST /predict` takes an image upload (JPEG or PNG, field `file`) and returns the calibrated
 melanoma probability, the label at the model's saved threshold, the threshold and the model
-version. `POST /explain` returns a Grad-CAM overlay (PNG) of what the model looked at."""
+version; optional form fields `age`, `sex` and `site` feed the context stage when one is loaded.
+`POST /triage` takes several images of one patient (fields `files`) with optional per-image
+metadata (field `metadata`: a JSON list of {"age", "sex", "site"}, one per file) and returns every
+lesion's risk and its "ugly duckling" rank within the patient, the lesions above the threshold
+first. `POST /explain` returns a Grad-CAM overlay (PNG) of what the model looked at."""
 
 STATE: dict = {}
 
@@ -72,6 +85,14 @@ def load_predictor() -> str | None:
         return "set MODEL_PATH to a checkpoint (.pth) or an exported model (.onnx)"
     try:
         STATE["predictor"] = Predictor(path, threads=default_threads())
+        if os.environ.get("CONTEXT_MODEL"):
+            STATE["context"] = ContextModel.load(os.environ["CONTEXT_MODEL"])
+            if not STATE["context"].uses_image_score:
+                STATE.clear()
+                return (
+                    f"CONTEXT_MODEL {os.environ['CONTEXT_MODEL']} was trained without image scores "
+                    f"(context.py without --oof): it would ignore the images; serve a fused model"
+                )
     except Exception as e:  # any failure must stop start-up: never a service without a model
         return str(e).splitlines()[0] if str(e) else type(e).__name__
     STATE["lock"] = threading.Lock()
@@ -211,6 +232,8 @@ def model_info():
             "images": r["set"]["images"],
         }
         info["report"] = "/report/report.md"
+    if "context" in STATE:
+        info["context_stage"] = STATE["context"].info or {}
     return info
 
 
@@ -229,15 +252,131 @@ def report_file(name: str):
 
 
 @api.post("/predict")
-def predict(file: UploadFile = File(..., description="JPEG or PNG image"), tta: bool = False):
+def predict(
+    file: UploadFile = File(..., description="JPEG or PNG image"),
+    tta: bool = False,
+    age: str | None = Form(None, description="approximate age in years (optional)"),
+    sex: str | None = Form(None, description="female or male (optional)"),
+    site: str | None = Form(None, description="anatomic site, e.g. 'posterior torso' (optional)"),
+):
+    meta = parse_metadata({"age": age, "sex": sex, "site": site}, file.filename or "upload")
     data = read_image_upload(file)
     predictor = STATE["predictor"]
     try:
         with STATE["lock"]:
-            result = predictor.predict_bytes(data, tta=tta, name=file.filename or "upload")
+            logit = predictor.logit_bytes(data, tta=tta, name=file.filename or "upload")
     except ImageDecodeError as e:
         raise decode_error(e) from None
+    p = float(predictor.probabilities(logit))
+    result = {"probability": p, "label": int(p >= predictor.threshold), "threshold": predictor.threshold}
+    if "context" in STATE:
+        result["context"] = score_patient([logit], [meta])[0]
     return {**result, "model_version": predictor.version, "note": "not a medical device"}
+
+
+@api.post("/triage")
+def triage(
+    files: list[UploadFile] = File(..., description="JPEG or PNG images of one patient's lesions"),
+    metadata: str | None = Form(None, description='JSON list, one {"age", "sex", "site"} per file'),
+    tta: bool = False,
+):
+    """All lesions of one patient, scored together: each one's risk, whether it is above the
+    threshold, and its "ugly duckling" rank (1 = the image score that stands out most)."""
+    if len(files) > MAX_TRIAGE_FILES:
+        raise HTTPException(413, f"{len(files)} files; at most {MAX_TRIAGE_FILES} lesions per request")
+    names = [f.filename or f"file {i + 1}" for i, f in enumerate(files)]
+    metas = parse_metadata_list(metadata, names)
+    predictor, logits = STATE["predictor"], []
+    for file, name in zip(files, names, strict=True):
+        try:
+            data = read_image_upload(file)
+            with STATE["lock"]:
+                logits.append(predictor.logit_bytes(data, tta=tta, name=name))
+        except ImageDecodeError as e:
+            raise HTTPException(decode_error(e).status_code, f"{name}: {decode_error(e).detail}") from None
+        except HTTPException as e:  # which of the patient's files was refused
+            raise HTTPException(e.status_code, f"{name}: {e.detail}") from None
+    lesions = score_patient(logits, metas)
+    for lesion, name in zip(lesions, names, strict=True):
+        lesion["file"] = name
+    lesions.sort(key=lambda r: (-r["above_threshold"], -r["probability"]))
+    return {
+        "lesions": lesions,
+        "context_stage": "context" in STATE,
+        "model_version": predictor.version,
+        "note": "not a medical device",
+    }
+
+
+def parse_metadata(raw: dict, name: str) -> dict:
+    """age, sex and site of one image, checked: a bad value is a 422 naming the file and the field;
+    an empty or absent one is missing (the trees handle missing values)."""
+    if not isinstance(raw, dict) or set(raw) - {"age", "sex", "site"}:
+        raise HTTPException(422, f"{name}: metadata must be an object with only age, sex and site")
+    age, sex, site = (raw.get(k) for k in ("age", "sex", "site"))
+    if age not in (None, ""):
+        try:
+            age = float(age)
+        except (TypeError, ValueError):
+            raise HTTPException(422, f"{name}: age must be a number of years, not {age!r}") from None
+        if not 0 <= age <= 120:
+            raise HTTPException(422, f"{name}: age must be between 0 and 120, not {age:g}")
+    sex = str(sex or "").strip().lower()
+    if sex not in ("", *SEXES):
+        raise HTTPException(422, f"{name}: sex must be one of {SEXES} or empty, not {sex!r}")
+    if not isinstance(site, (str, type(None))) or len(site or "") > 100:
+        raise HTTPException(422, f"{name}: site must be a short text such as 'posterior torso'")
+    return {"age": None if age in (None, "") else age, "sex": sex, "site": (site or "").strip().lower()}
+
+
+def parse_metadata_list(metadata: str | None, names: list[str]) -> list[dict]:
+    if not metadata:
+        return [parse_metadata({}, name) for name in names]
+    try:
+        items = json.loads(metadata)
+    except ValueError:
+        raise HTTPException(
+            422, "metadata must be a JSON list, one {age, sex, site} object per file"
+        ) from None
+    if not isinstance(items, list) or len(items) != len(names):
+        raise HTTPException(
+            422, f"metadata must be a JSON list with one object per file ({len(names)} files)"
+        )
+    return [parse_metadata(item, name) for item, name in zip(items, names, strict=True)]
+
+
+def score_patient(logits: list[float], metas: list[dict]) -> list[dict]:
+    """Risk of each lesion of one patient: the context stage when loaded (metadata and the patient's
+    other lesions), else the image model's calibrated probability; plus the ugly-duckling rank."""
+    predictor, logits = STATE["predictor"], np.asarray(logits, dtype=np.float64)
+    image_p = calibrated(logits, predictor.temperature, predictor.bias)
+    rank = pd.Series(logits).rank(ascending=False, method="min").to_numpy()
+    context = STATE.get("context")
+    if context is None:
+        p, threshold = image_p, predictor.threshold
+    else:
+        table = pd.DataFrame({c: "" for c in COLUMNS}, index=range(len(metas)))
+        table["image_name"] = [f"lesion{i}" for i in range(len(metas))]
+        table["patient_id"] = "patient"  # one request, one patient
+        table["age_approx"] = [m["age"] for m in metas]
+        table["sex"], table["anatom_site"] = [m["sex"] for m in metas], [m["site"] for m in metas]
+        p, threshold = context.probabilities(table, logits), context.threshold
+        unknown = sorted({m["site"] for m in metas if m["site"] and m["site"] not in context.sites})
+    return [
+        {
+            "probability": float(p[i]),
+            "above_threshold": bool(p[i] >= threshold),
+            "threshold": threshold,
+            "image_probability": float(image_p[i]),
+            "ugly_duckling_rank": int(rank[i]),
+            **(
+                {"unknown_site_treated_as_missing": metas[i]["site"]}
+                if context and metas[i]["site"] in unknown
+                else {}
+            ),
+        }
+        for i in range(len(logits))
+    ]
 
 
 @api.post("/explain", responses={200: {"content": {"image/png": {}}}})

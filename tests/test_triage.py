@@ -1,0 +1,152 @@
+"""POST /triage and the metadata fields of /predict, on the real service (uvicorn on 127.0.0.1)
+with a fused context model: every lesion's risk, the ugly-duckling rank, and 4xx for bad metadata."""
+
+import json
+import os
+import subprocess
+import sys
+
+import httpx
+import numpy as np
+import pytest
+from test_serve import start_service
+
+from src.data.metadata import read_metadata
+from src.data.splits import assign_folds
+from src.inference.predictor import Predictor
+from src.training.context import train_context
+
+from helpers import ROOT
+
+
+@pytest.fixture(scope="module")
+def context_model(trained_run, demo_dir, tmp_path_factory):
+    """A fused context model over the demo fixture: its image scores come from the trained run
+    (in-fold, which is fine for testing the service, not for measuring anything)."""
+    table = read_metadata(demo_dir / "metadata.csv").table
+    predictor = Predictor(trained_run[1])
+    logits = np.array(
+        [predictor.logit_bytes((demo_dir / f"{n}.jpg").read_bytes()) for n in table["image_name"]]
+    )
+    out = tmp_path_factory.mktemp("context")
+    fused, _ = train_context(table, assign_folds(table, 3, 0), logits)
+    fused.save(out / "fused.json")
+    alone, _ = train_context(table, assign_folds(table, 3, 0))
+    alone.save(out / "alone.json")
+    return out
+
+
+@pytest.fixture(scope="module")
+def triage_service(trained_run, context_model):
+    proc, url = start_service(trained_run[1], CONTEXT_MODEL=str(context_model / "fused.json"))
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+def lesions(demo_dir, n):
+    return [
+        ("files", (f"{name}.jpg", (demo_dir / f"{name}.jpg").read_bytes(), "image/jpeg"))
+        for name in sorted(p.stem for p in demo_dir.glob("*.jpg"))[:n]
+    ]
+
+
+def test_triage_ranks_every_lesion_of_the_patient(triage_service, demo_dir):
+    metadata = [{"age": 55, "sex": "male", "site": "torso"}, {"age": 55, "sex": "male", "site": ""}, {}]
+    r = httpx.post(
+        triage_service + "/triage",
+        files=lesions(demo_dir, 3),
+        data={"metadata": json.dumps(metadata)},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["context_stage"] is True and len(body["lesions"]) == 3
+    order = [(-x["above_threshold"], -x["probability"]) for x in body["lesions"]]
+    assert order == sorted(order)  # above the threshold first, then by risk
+    assert sorted(x["ugly_duckling_rank"] for x in body["lesions"]) == [1, 2, 3]
+    ranked = sorted(body["lesions"], key=lambda x: x["ugly_duckling_rank"])
+    assert [x["image_probability"] for x in ranked] == sorted(
+        (x["image_probability"] for x in ranked), reverse=True
+    )
+    assert all(0 <= x["probability"] <= 1 for x in body["lesions"])
+    assert httpx.get(triage_service + "/model").json()["context_stage"] is not None
+
+
+def test_predict_takes_optional_metadata(triage_service, demo_dir):
+    file = lesions(demo_dir, 1)[0][1]
+    plain = httpx.post(triage_service + "/predict", files={"file": file}, timeout=60)
+    with_meta = httpx.post(
+        triage_service + "/predict",
+        files={"file": file},
+        data={"age": "70", "sex": "female", "site": "head/neck"},
+        timeout=60,
+    )
+    assert plain.status_code == with_meta.status_code == 200
+    assert "context" in with_meta.json() and with_meta.json()["probability"] == plain.json()["probability"]
+    unknown = httpx.post(
+        triage_service + "/predict", files={"file": file}, data={"site": "elbow"}, timeout=60
+    )
+    assert unknown.json()["context"]["unknown_site_treated_as_missing"] == "elbow"
+
+
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        ({"metadata": "not json"}, "must be a JSON list"),
+        ({"metadata": json.dumps([{}])}, "one object per file (2 files)"),
+        ({"metadata": json.dumps([{"age": "old"}, {}])}, "age must be a number"),
+        ({"metadata": json.dumps([{"age": 500}, {}])}, "age must be between 0 and 120"),
+        ({"metadata": json.dumps([{}, {"sex": "x"}])}, "sex must be one of"),
+        ({"metadata": json.dumps([{}, {"weight": 80}])}, "only age, sex and site"),
+        ({"metadata": json.dumps([{}, {"site": 5}])}, "site must be a short text"),
+        ({"metadata": json.dumps([{}, 7])}, "must be an object"),
+    ],
+)
+def test_bad_triage_metadata_is_a_422(triage_service, demo_dir, data, message):
+    r = httpx.post(triage_service + "/triage", files=lesions(demo_dir, 2), data=data, timeout=60)
+    assert r.status_code == 422 and message in r.json()["detail"], r.text
+
+
+@pytest.mark.parametrize("field,value", [("age", "abc"), ("age", "-3"), ("sex", "unknown")])
+def test_bad_predict_metadata_is_a_422(triage_service, demo_dir, field, value):
+    r = httpx.post(
+        triage_service + "/predict", files={"file": lesions(demo_dir, 1)[0][1]}, data={field: value}
+    )
+    assert r.status_code == 422 and field in r.json()["detail"]
+
+
+def test_a_bad_file_in_a_triage_names_the_file(triage_service, demo_dir):
+    files = lesions(demo_dir, 1) + [("files", ("notes.jpg", b"not an image at all", "image/jpeg"))]
+    r = httpx.post(triage_service + "/triage", files=files, timeout=60)
+    assert r.status_code == 400 and r.json()["detail"].startswith("notes.jpg:")
+    too_many = httpx.post(triage_service + "/triage", files=lesions(demo_dir, 1) * 33, timeout=60)
+    assert too_many.status_code == 413
+
+
+def test_triage_without_a_context_model_ranks_by_the_image(trained_run, demo_dir):
+    proc, url = start_service(trained_run[1])
+    try:
+        r = httpx.post(url + "/triage", files=lesions(demo_dir, 3), timeout=60)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert r.status_code == 200 and r.json()["context_stage"] is False
+    assert sorted(x["ugly_duckling_rank"] for x in r.json()["lesions"]) == [1, 2, 3]
+
+
+def test_a_context_model_without_image_scores_stops_start_up(trained_run, context_model):
+    env = {
+        **os.environ,
+        "MODEL_PATH": str(trained_run[1]),
+        "CONTEXT_MODEL": str(context_model / "alone.json"),
+    }
+    r = subprocess.run(
+        [sys.executable, "src/inference/serve.py", "--port", "0"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 3 and "trained without image scores" in r.stderr, r.stderr

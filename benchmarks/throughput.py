@@ -51,7 +51,7 @@ def make_large_jpegs(folder: Path, count: int, width: int = 6000, height: int = 
     rng = np.random.default_rng(0)
     paths = []
     for i in range(count):
-        small = draw_image(rng, melanoma=bool(i % 2), h=400, w=600)
+        small = draw_image(rng, 0.7 if i % 2 else 0.2, 1.0, 1.0, h=400, w=600)
         big = cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
         big = np.clip(big + rng.normal(0, 5, big.shape), 0, 255).astype(np.uint8)
         path = folder / f"ISIC_{8000000 + i:07d}.jpg"
@@ -120,7 +120,7 @@ def run_prepare(args) -> None:
 def _write_cache_image(task) -> None:
     path, seed, size = task
     rng = np.random.default_rng(seed)
-    rgb = draw_image(rng, melanoma=bool(seed % 5 == 0), h=size, w=size * 4 // 3)
+    rgb = draw_image(rng, 0.7 if seed % 5 == 0 else 0.2, 1.0, 1.0, h=size, w=size * 4 // 3)
     cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
 
 

@@ -44,7 +44,7 @@ def trained_run(demo_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
-    """The real `--demo` preset cut to one epoch: (checkpoint dir, best checkpoint), 239 validation images."""
+    """The real `--demo` preset cut to one epoch: (checkpoint dir, best checkpoint), 240 validation images."""
     import json
 
     root = tmp_path_factory.mktemp("demo_run")

@@ -294,7 +294,7 @@ def context_markdown(report: dict) -> str:
             f"| {stage['label']} | {_with_ci(stage, 'roc_auc')} | {_with_ci(stage, 'pauc_tpr80')} | "
             f"{_fmt(op['sensitivity'])} | {_fmt(op['specificity'])} |"
         )
-    follow = "used" if report["lesion_follow_up"] else "not used (lesion ids missing for some rows)"
+    follow = "used" if report["lesion_follow_up"] else "not used (not every row has a lesion id)"
     return "\n".join(
         lines
         + [

@@ -30,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from the repository root
 
 from src.data.dedup import fingerprints, near_pairs
+from src.data.demo import is_current as demo_is_current
 from src.data.demo import make_demo_dataset
 from src.data.labels import DataError, load_labeled_images
 from src.data.loader import EpochSampler, ImageDataset, default_workers, make_loader
@@ -235,7 +236,7 @@ def check_settings(c) -> None:
 
 
 def load_data(c, rank: int):
-    if c.DEMO and rank == 0 and not Path(c.METADATA_CSV).is_file():
+    if c.DEMO and rank == 0 and not demo_is_current(Path(c.METADATA_CSV).parent):
         log(f"Writing the SYNTHETIC demo dataset to {c.DATA_DIR}/ ({DEMO_IMAGES} images)...")
         make_demo_dataset(c.DATA_DIR, DEMO_IMAGES, DEMO_MELANOMA_RATE, seed=0)
     dist.barrier()

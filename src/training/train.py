@@ -11,7 +11,7 @@ Splits keep each patient on one side, and the best epoch is chosen by validation
 means little at 1.76% melanoma; SELECT_BY="pauc" picks by the ISIC 2024 partial AUC instead).
 Writes to CHECKPOINT_DIR: best_model_epoch{N}.pth (everything inference needs), last.pth (for
 RESUME), training_history.json, training_curves.png and split.csv.
-The demo reaches validation AUC 0.94 in about a minute on a 2-core CPU; on real data see README
+The demo reaches validation AUC 0.86 in about 1.5 minutes on a 2-core CPU; on real data see README
 "Results". One epoch reads from four files: this one, engine.py (train_one_epoch, validate),
 src/data/loader.py (the Dataset) and src/data/transforms.py (preprocessing and augmentation).
 """

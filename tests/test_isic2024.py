@@ -155,3 +155,20 @@ def test_prediction_with_the_context_stage_scores_each_patient_together(run2024,
         f"--out={out}",
     )
     assert folder.returncode == 1 and "--context needs metadata" in folder.stderr
+
+
+def test_prediction_reads_the_jpeg_folder_with_the_training_metadata(run2024, tmp_path):
+    _, best = run2024
+    out = tmp_path / "pred.csv"
+    r = run_script(
+        "src/inference/predict.py",
+        f"--checkpoint={best}",
+        D / "train-metadata.csv",
+        f"--images={D / 'train-image' / 'image'}",
+        "--submission",
+        f"--out={out}",
+        "--workers=0",
+    )
+    assert r.returncode == 0, r.stderr
+    written = pd.read_csv(out)
+    assert list(written.columns) == ["isic_id", "target"] and len(written) == 51

@@ -141,3 +141,42 @@ def test_the_page_is_small_and_self_contained(served):
     url, _ = served
     html = httpx.get(url + "/").text
     assert len(html.encode()) < 100_000 and "http://" not in html and "https://" not in html
+
+
+def test_patient_fields_and_triage_ranking(served, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    url, _ = served
+    files = [write_jpeg(tmp_path / f"lesion{i}.jpg", gradient_image(120 + 40 * i, 200)) for i in range(3)]
+    driver = browser()
+    try:
+        driver.get(url + "/")
+        assert driver.find_element(By.ID, "triage").get_attribute("disabled")  # needs two images
+        driver.find_element(By.ID, "age").send_keys("55")
+        Select(driver.find_element(By.ID, "sex")).select_by_visible_text("female")
+        driver.find_element(By.ID, "files").send_keys("\n".join(map(str, files)))
+        wait_for(
+            lambda: (
+                "analysing" not in driver.find_element(By.ID, "results").text
+                and len(driver.find_elements(By.CSS_SELECTOR, "#results .risk")) == 3
+            )
+        )
+        driver.find_elements(By.CSS_SELECTOR, "#results .site input")[0].send_keys("posterior torso")
+        driver.find_element(By.ID, "triage").click()
+        items = wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#ranked li"))
+        assert len(items) == 3 and all(
+            "risk" in i.text and "among this patient's lesions" in i.text for i in items
+        )
+        assert "stands out most" in driver.find_element(By.ID, "ranked").text
+        assert "Ranked by the image model alone" in driver.find_element(By.ID, "ranked").text
+        driver.save_screenshot(str(tmp_path / "3-triage.png"))
+
+        age = driver.find_element(By.ID, "age")
+        age.clear()
+        age.send_keys("500")
+        driver.find_element(By.ID, "triage").click()
+        alert = wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#ranked li.error"))[0]
+        assert alert.get_attribute("role") == "alert" and "age must be between 0 and 120" in alert.text
+    finally:
+        driver.quit()

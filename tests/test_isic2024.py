@@ -172,3 +172,15 @@ def test_prediction_reads_the_jpeg_folder_with_the_training_metadata(run2024, tm
     assert r.returncode == 0, r.stderr
     written = pd.read_csv(out)
     assert list(written.columns) == ["isic_id", "target"] and len(written) == 51
+
+
+def test_prepare_caches_the_images_inside_the_hdf5_file(tmp_path):
+    from src.data.prepare import prepare_cache
+
+    stats = prepare_cache(str(D / "train-image.hdf5"), str(tmp_path / "cache"), 64, workers=2, progress=False)
+    assert stats["written"] == 51 and stats["unreadable"] == 0
+    again = prepare_cache(str(D / "train-image.hdf5"), str(tmp_path / "cache"), 64, workers=2, progress=False)
+    assert (
+        again["written"] == 0 and again["skipped_existing"] == 51
+    )  # keyed on each image's size and the file
+    assert len(list((tmp_path / "cache").glob("ISIC_*.jpg"))) == 51

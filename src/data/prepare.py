@@ -156,9 +156,10 @@ def main(argv=None) -> int:
     except PrepareError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    rate = f", {stats['images_per_s']} images/s" if stats["images_per_s"] is not None else ""
     print(
         f"{stats['written']} written, {stats['skipped_existing']} already there, "
-        f"{stats['unreadable']} unreadable, {stats['images_per_s']} images/s"
+        f"{stats['unreadable']} unreadable{rate}"
     )
     if stats["unreadable"]:
         print(f"unreadable originals listed in {Path(args.out) / 'unreadable.csv'}")

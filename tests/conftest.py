@@ -7,7 +7,7 @@ import pytest
 
 from helpers import run_script, tiny_train_args
 
-SLOW_FIXTURES = {"trained_run", "demo_run", "service"}
+SLOW_FIXTURES = {"trained_run", "demo_run", "service", "run2024"}
 SLOW_CALLS = ("run_script(", "start_service(", "start(tiny_args(", "subprocess.", "Popen(", "train.main(")
 
 

@@ -178,3 +178,21 @@ def test_symlink_loops_in_an_image_folder_are_skipped_or_reported(tmp_path):
     assert sorted(found) == ["ISIC_1", "ISIC_2"]
     with pytest.raises(ImageDecodeError, match="cannot read .*Too many levels of symbolic links"):
         decode_image(found["ISIC_2"], 32)
+
+
+def _resize_in_worker(i: int) -> tuple:
+    return cv2.resize(np.full((600, 900, 3), i, np.uint8), (90, 60), interpolation=cv2.INTER_AREA).shape
+
+
+def test_a_decoding_pool_works_after_opencv_threads_ran_in_this_process():
+    # A large resize starts OpenCV's thread pool; a plain forked Pool then deadlocked in its
+    # workers (prepare_cache hung inside the test suite).
+    from src.data.images import decoding_pool
+
+    cv2.resize(np.zeros((4000, 6000, 3), np.uint8), (600, 400), interpolation=cv2.INTER_AREA)
+    pool = decoding_pool(2)
+    try:
+        shapes = pool.map_async(_resize_in_worker, range(4)).get(timeout=60)
+    finally:
+        pool.terminate()
+    assert shapes == [(60, 90, 3)] * 4

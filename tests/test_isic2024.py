@@ -83,6 +83,7 @@ def test_tiny_training_run_reads_the_hdf5_file(run2024):
     assert best.is_file()
 
 
+@pytest.mark.slow  # trains (through train_tiny, which the automatic marking cannot see)
 def test_tiny_training_run_reads_the_jpeg_folder(tmp_path):
     r = train_tiny("train-image/image", tmp_path / "run")
     assert r.returncode == 0 and "Data: 51 images, 21 melanoma" in r.stdout, r.stderr

@@ -24,9 +24,7 @@ the demo preset turns merging off.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from multiprocessing import Pool
 from pathlib import Path
 
 import cv2
@@ -37,7 +35,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from the repository root
 
 from src.data.atomic import atomic_write_text, replace_atomically
-from src.data.images import ImageDecodeError, decode_image, file_stamp
+from src.data.images import ImageDecodeError, decode_image, decoding_pool, file_stamp
 from src.data.labels import DataError, load_labeled_images
 from src.data.splits import components
 
@@ -90,7 +88,7 @@ def fingerprints(
         else:
             todo.append(i)
     if todo:
-        with Pool(workers or os.cpu_count() or 1, initializer=cv2.setNumThreads, initargs=(1,)) as pool:
+        with decoding_pool(workers) as pool:
             results = pool.imap(_fingerprint_file, [paths[i] for i in todo], chunksize=32)
             bar = tqdm(
                 results, total=len(todo), desc="fingerprints", unit="img", disable=not progress, leave=False

@@ -11,6 +11,7 @@ image, keyed by isic_id). Such an image's path is "<file.hdf5>::<isic_id>"; ever
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import struct
 from pathlib import Path
@@ -92,14 +93,44 @@ def hdf5_member(path: str | Path) -> tuple[str, str] | None:
 
 
 def _hdf5_file(file: str):
-    """This process's handle on `file`, opened on first use: keyed by process id, so a worker
-    forked from a process that had the file open opens its own instead of sharing one."""
+    """This process's handle on `file`, opened on first use (and closed before any fork, so that a
+    worker always opens its own; the process id in the key guards a spawned worker too)."""
     import h5py
 
     key = (os.getpid(), file)
     if key not in _open_hdf5:
         _open_hdf5[key] = h5py.File(file, "r")
     return _open_hdf5[key]
+
+
+def close_hdf5_files() -> None:
+    """Close every HDF5 file this process opened; they reopen on next use. Runs before every fork:
+    the HDF5 library's state of an open file must not be inherited by a child (a DataLoader worker,
+    a Pool process), where it can deadlock."""
+    for f in _open_hdf5.values():
+        try:
+            f.close()
+        except Exception:  # already closed, or the library is shutting down
+            pass
+    _open_hdf5.clear()
+
+
+os.register_at_fork(before=close_hdf5_files)
+
+
+def decoding_pool(workers: int = 0):
+    """A process pool for decoding many files, one OpenCV thread per process. A child forked while
+    OpenCV's thread pool runs (after any large resize in this process) inherits a pool whose threads
+    do not exist and deadlocks on its first OpenCV call: so the threads are stopped while the pool
+    forks its processes, and restored after."""
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        return multiprocessing.get_context("fork").Pool(
+            workers or os.cpu_count() or 1, initializer=cv2.setNumThreads, initargs=(1,)
+        )
+    finally:
+        cv2.setNumThreads(threads)
 
 
 def read_image_bytes(path: str | Path) -> bytes:

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
-from multiprocessing import Pool
 from pathlib import Path
 
 if __name__ == "__main__":
@@ -27,7 +25,7 @@ import cv2
 from tqdm import tqdm
 
 from src.data.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
-from src.data.images import ImageDecodeError, decode_image, file_stamp, index_images
+from src.data.images import ImageDecodeError, decode_image, decoding_pool, file_stamp, index_images
 from src.data.labels import CACHE_INFO
 
 JPEG_QUALITY = 95  # high: the cache feeds training, and re-encoding artefacts would be learned
@@ -35,10 +33,6 @@ JPEG_QUALITY = 95  # high: the cache feeds training, and re-encoding artefacts w
 
 class PrepareError(Exception):
     pass
-
-
-def _init_worker() -> None:
-    cv2.setNumThreads(1)  # one process per core already; OpenCV's own threads would only contend
 
 
 def prepare_one(task: tuple[str, str, int]) -> tuple[str, str | None]:
@@ -108,7 +102,7 @@ def prepare_cache(images: str, out: str, size: int = 512, workers: int = 0, prog
     todo = stale_or_missing(originals, out_dir, sources)
     tasks = [(originals[key], str(out_dir / f"{key}.jpg"), size) for key in todo]
     start, failed = time.perf_counter(), {}
-    with Pool(workers or os.cpu_count() or 1, initializer=_init_worker) as pool:
+    with decoding_pool(workers) as pool:
         results = pool.imap_unordered(prepare_one, tasks, chunksize=8)
         for src, error in tqdm(
             results, total=len(tasks), desc=f"prepare {size}px", unit="img", disable=not progress

@@ -39,6 +39,7 @@ from src.training.checkpoint import CheckpointError, load_checkpoint, model_from
 from src.training.engine import Runtime, predict
 
 AGE_BANDS = [(0, 30, "<30"), (30, 45, "30-44"), (45, 60, "45-59"), (60, 75, "60-74"), (75, 200, "75+")]
+MIN_SENSITIVITY = 0.90  # the operating threshold rule: the highest threshold with at least this sensitivity
 MIN_CASES_FOR_AUC = 5  # per class: fewer melanomas (or benign) than this make an AUC meaningless
 
 
@@ -345,7 +346,10 @@ def parse_args(argv=None):
     ap.add_argument("--bootstrap", type=int, default=1000, help="patient resamples for the 95%% intervals")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
-        "--min-sensitivity", type=float, default=0.90, help="threshold rule: sensitivity at least this"
+        "--min-sensitivity",
+        type=float,
+        default=MIN_SENSITIVITY,
+        help="threshold rule: sensitivity at least this",
     )
     return ap.parse_args(argv)
 

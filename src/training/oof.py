@@ -30,9 +30,8 @@ from src.data.splits import SplitError, read_split
 from src.training import metrics as M
 from src.training import train as T
 from src.training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from src.training.context import OOF_COLUMNS
 from src.training.evaluate import EvaluationError, run_images, run_predictions
-
-OOF_COLUMNS = ["image_name", "fold", "target", "logit", "probability"]
 
 
 class OOFError(Exception):

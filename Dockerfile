@@ -2,12 +2,16 @@
 #   docker build -t melanoma-api .
 #   docker run -p 8000:8000 -v "$PWD/checkpoints:/models:ro" \
 #       -e MODEL_PATH=/models/best_model_epochN.pth melanoma-api
-# MODEL_PATH may name an exported .onnx model instead (src/inference/export.py).
+# MODEL_PATH may name an exported .onnx model instead (src/inference/export.py); add
+# -e CONTEXT_MODEL=/models/context/context_model.json for the context stage (POST /triage).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     MODEL_PATH=/models/model.pth THREADS=4
 WORKDIR /app
+
+# LightGBM (the context stage) links against the system's OpenMP runtime, which slim images lack.
+RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 && rm -rf /var/lib/apt/lists/*
 
 # CPU-only torch/torchvision first (the default PyPI wheels bring several GB of CUDA libraries).
 RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch>=2.4" "torchvision>=0.19"

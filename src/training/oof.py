@@ -121,8 +121,10 @@ def parse_args(argv=None):
     ap.add_argument("--tta", action="store_true", help="average the 8 flips/transposes")
     args, overrides = ap.parse_known_args(argv)
     bad = [a for a in overrides if not (a == "--demo" or (a.startswith("--") and "=" in a))]
-    if bad or args.folds < 2:
-        ap.error(f"--folds must be at least 2; train.py settings look like --NAME=value, not {bad}")
+    if bad:
+        ap.error(f"train.py settings are written --NAME=value; not understood: {' '.join(bad)}")
+    if args.folds < 2:
+        ap.error(f"--folds must be at least 2, not {args.folds}")
     return args, overrides
 
 

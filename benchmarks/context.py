@@ -23,7 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402 - after the path set-up
 
 from src.data.metadata import read_metadata, split_groups  # noqa: E402
-from src.data.patient_context import context_features, has_lesion_ids  # noqa: E402
 from src.data.splits import assign_folds  # noqa: E402
 from src.training import metrics as M  # noqa: E402
 from src.training.context import score_summary, summary_line, train_context  # noqa: E402
@@ -35,12 +34,11 @@ def subsample(table, patients: int, seed: int):
     return table[np.isin(groups, keep)].reset_index(drop=True)
 
 
-def sklearn_margins(table, folds, seed: int) -> np.ndarray:
-    """The same features and folds through scikit-learn's HistGradientBoosting, for comparison."""
+def sklearn_margins(model, table, folds, seed: int) -> np.ndarray:
+    """The same features (the model's) and folds through scikit-learn's HistGradientBoosting."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    sites = sorted(set(table["anatom_site"].str.lower()) - {""})
-    x = context_features(table.drop(columns=["target"]), sites, None, has_lesion_ids(table)).to_numpy()
+    x = model.features_for(table).to_numpy()
     y, out = table["target"].to_numpy(), np.zeros(len(table))
     for k in np.unique(folds):
         model = HistGradientBoostingClassifier(
@@ -76,7 +74,7 @@ def main(argv=None) -> int:
     print("per-fold AUC: " + ", ".join(f"{a:.4f}" for a in per_fold))
     if args.compare_sklearn:
         start = time.perf_counter()
-        other = sklearn_margins(table, folds, args.seed)
+        other = sklearn_margins(model, table, folds, args.seed)
         print(
             summary_line(
                 "sklearn HistGradientBoosting", score_summary(y, other, groups, args.bootstrap, args.seed)

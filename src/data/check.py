@@ -31,7 +31,7 @@ from src.data.splits import SplitError, grouping_description, make_split, split_
 
 MALIGNANT_NOTE = {
     "negative": "counted as benign (--malignant-non-melanoma=positive counts them)",
-    "positive": "counted as positive: {melanoma:,} positives = {pure:,} melanoma + {other:,} others",
+    "positive": "counted as positive (included in the melanoma count above)",
     "drop": "left out",
 }
 
@@ -81,11 +81,7 @@ def print_report(report: dict) -> None:
     if report["other_malignant"]:
         print(
             f"malignant:     {report['other_malignant']:,} malignant but not melanoma (BCC, SCC...), "
-            + MALIGNANT_NOTE[report["malignant_non_melanoma"]].format(
-                melanoma=report["melanoma"],
-                other=report["other_malignant"],
-                pure=report["melanoma"] - report["other_malignant"],
-            )
+            + MALIGNANT_NOTE[report["malignant_non_melanoma"]]
         )
     for reason, n in report["dropped"].items():
         print(f"dropped:       {n:,} rows ({reason})")

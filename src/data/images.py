@@ -37,7 +37,7 @@ MAX_FILE_BYTES = 256 * 1024 * 1024  # read into memory whole; real originals are
 
 HDF5_EXTENSIONS = (".hdf5", ".h5")
 MEMBER_SEP = "::"  # "train-image.hdf5::ISIC_0015657" is one image inside an HDF5 file
-_open_hdf5: dict = {}  # (process id, file) -> open h5py.File
+_open_hdf5: dict = {}  # file -> open h5py.File of this process (closed before any fork)
 
 
 class ImageDecodeError(Exception):
@@ -93,14 +93,13 @@ def hdf5_member(path: str | Path) -> tuple[str, str] | None:
 
 
 def _hdf5_file(file: str):
-    """This process's handle on `file`, opened on first use (and closed before any fork, so that a
-    worker always opens its own; the process id in the key guards a spawned worker too)."""
+    """This process's handle on `file`, opened on first use; close_hdf5_files runs before any fork,
+    so a worker always opens its own."""
     import h5py
 
-    key = (os.getpid(), file)
-    if key not in _open_hdf5:
-        _open_hdf5[key] = h5py.File(file, "r")
-    return _open_hdf5[key]
+    if file not in _open_hdf5:
+        _open_hdf5[file] = h5py.File(file, "r")
+    return _open_hdf5[file]
 
 
 def close_hdf5_files() -> None:

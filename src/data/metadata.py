@@ -122,8 +122,8 @@ def read_metadata(
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     tables, formats, dropped, other = [], [], {}, 0
     for path in paths:
-        table, fmt, file_dropped = _read_one(Path(path), malignant_non_melanoma, require_labels)
-        other += file_dropped.pop("_other_malignant")
+        table, fmt, file_dropped, file_other = _read_one(Path(path), malignant_non_melanoma, require_labels)
+        other += file_other
         tables.append(table)
         formats.append(fmt)
         for reason, n in file_dropped.items():
@@ -166,12 +166,10 @@ def _read_one(path: Path, policy: str, require_labels: bool):
     table["source"] = fmt
     other_malignant = int((table.get("_malignant", False) & (table["target"] == 0)).sum())
     table = _apply_label_rules(table, policy)
-    dropped = {"_other_malignant": other_malignant} | {
-        reason: int((table["_drop"] == reason).sum()) for reason in table["_drop"].unique() if reason
-    }
+    dropped = {reason: int((table["_drop"] == reason).sum()) for reason in table["_drop"].unique() if reason}
     table = table[table["_drop"] == ""].drop(columns=["_drop", "_malignant"]).reset_index(drop=True)
     _check_unique_ids(table, path)
-    return table[COLUMNS + measurement_columns(table.columns)], fmt, dropped
+    return table[COLUMNS + measurement_columns(table.columns)], fmt, dropped, other_malignant
 
 
 def _apply_label_rules(table: pd.DataFrame, policy: str) -> pd.DataFrame:
@@ -244,8 +242,7 @@ def _parse_isic2020(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
 def _parse_isic2024(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
     labeled = "target" in raw.columns
     malignant = _binary(raw["target"], path, "target") == 1 if labeled else pd.Series(False, index=raw.index)
-    d1, d2, d3 = (_column(raw, f"iddx_{i}") for i in (1, 2, 3))
-    melanoma = (d2 == MELANOMA_DIAGNOSIS_2) | d3.str.startswith("Melanoma")
+    _, melanoma, diagnosis = _diagnosis_levels(raw, "iddx_")
     table = pd.DataFrame(
         {
             "image_name": raw["isic_id"].str.strip(),
@@ -255,7 +252,7 @@ def _parse_isic2024(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
             "sex": _column(raw, "sex"),
             "age_approx": _age(_column(raw, "age_approx")),
             "anatom_site": _column(raw, "anatom_site_general"),
-            "diagnosis": d3.where(d3 != "", d2.where(d2 != "", d1)),
+            "diagnosis": diagnosis,
             "_malignant": malignant,
         }
     )
@@ -292,13 +289,18 @@ def _parse_archive(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
     )
 
 
-def _archive_labels_current(raw: pd.DataFrame):
-    d1, d2, d3 = (_column(raw, f"diagnosis_{i}") for i in (1, 2, 3))
+def _diagnosis_levels(raw: pd.DataFrame, prefix: str):
+    """The ISIC diagnosis hierarchy (diagnosis_1..3 in the Archive, iddx_1..3 in ISIC 2024): level 1,
+    whether it is a melanoma, and the most specific level filled in (e.g. "Nevus", not "Benign")."""
+    d1, d2, d3 = (_column(raw, f"{prefix}{i}") for i in (1, 2, 3))
     melanoma = (d2 == MELANOMA_DIAGNOSIS_2) | d3.str.startswith("Melanoma")
+    return d1, melanoma, d3.where(d3 != "", d2.where(d2 != "", d1))
+
+
+def _archive_labels_current(raw: pd.DataFrame):
+    d1, melanoma, diagnosis = _diagnosis_levels(raw, "diagnosis_")
     malignant = d1 == "Malignant"
     unlabeled = ~(melanoma | malignant | (d1 == "Benign"))
-    # The most specific level that is filled in, e.g. "Nevus" rather than "Benign".
-    diagnosis = d3.where(d3 != "", d2.where(d2 != "", d1))
     return melanoma.astype(np.int64), malignant, unlabeled, diagnosis
 
 

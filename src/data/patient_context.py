@@ -123,3 +123,13 @@ def _z(values: pd.Series, patient: pd.Series) -> pd.Series:
     g = values.groupby(patient)
     std = g.transform("std").fillna(0)
     return (values - g.transform("mean")) / std.where(std > 0, 1)
+
+
+def ugly_duckling_rank(scores, patient) -> np.ndarray:
+    """Rank of each lesion's score within its patient: 1 = the one that stands out most."""
+    return (
+        pd.Series(np.asarray(scores, dtype=float))
+        .groupby(np.asarray(patient))
+        .rank(ascending=False, method="min")
+        .to_numpy()
+    )

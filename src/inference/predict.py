@@ -91,16 +91,11 @@ def predict_table(
         workers=default_workers(workers),
         pin_memory=predictor.kind == "pytorch" and predictor.rt.device.type == "cuda",
     )
-    probs, ok = np.full(len(readable), np.nan), np.zeros(len(readable), bool)
-    logits = np.full(len(readable), np.nan)
+    logits, ok = np.full(len(readable), np.nan), np.zeros(len(readable), bool)
     for images, _, index, good in tqdm(loader, desc="predict", unit="batch"):
-        z = predictor.logits(images, tta)
-        probs[index.numpy()], logits[index.numpy()], ok[index.numpy()] = (
-            predictor.probabilities(z),
-            z,
-            good.numpy(),
-        )
-    probs[~ok], logits[~ok] = np.nan, np.nan
+        logits[index.numpy()], ok[index.numpy()] = predictor.logits(images, tta), good.numpy()
+    logits[~ok] = np.nan
+    probs = predictor.probabilities(logits)
     out = rows[["image_name"]].copy()
     out["target"], out["logit"], out["error"] = np.nan, np.nan, ""
     out.loc[present, "target"], out.loc[present, "logit"] = probs, logits

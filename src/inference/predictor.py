@@ -150,9 +150,13 @@ class Predictor:
     def logit_bytes(self, data: bytes, tta: bool = False, name: str = "upload") -> float:
         return float(self.logits(load_input_bytes(data, self.img_size, name)[None], tta)[0])
 
-    def predict_bytes(self, data: bytes, tta: bool = False, name: str = "upload") -> dict:
-        p = float(self.probabilities(self.logit_bytes(data, tta, name)))
+    def decision(self, logit: float) -> dict:
+        """The calibrated probability of one image and the label at the saved threshold."""
+        p = float(self.probabilities(logit))
         return {"probability": p, "label": int(p >= self.threshold), "threshold": self.threshold}
+
+    def predict_bytes(self, data: bytes, tta: bool = False, name: str = "upload") -> dict:
+        return self.decision(self.logit_bytes(data, tta, name))
 
 
 def default_threads() -> int:

@@ -42,9 +42,9 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from src.data.images import MAX_PIXELS, ImageDecodeError, ImageTooLarge, check_header
 from src.data.metadata import COLUMNS
+from src.data.patient_context import ugly_duckling_rank
 from src.inference.predictor import Predictor, default_threads
 from src.training.context import ContextModel
-from src.training.metrics import calibrated
 
 MAX_UPLOAD_BYTES = int(float(os.environ.get("MAX_UPLOAD_MB", "20")) * 1024 * 1024)
 MULTIPART_OVERHEAD = 64 * 1024  # form boundaries and headers around the file itself
@@ -267,8 +267,7 @@ def predict(
             logit = predictor.logit_bytes(data, tta=tta, name=file.filename or "upload")
     except ImageDecodeError as e:
         raise decode_error(e) from None
-    p = float(predictor.probabilities(logit))
-    result = {"probability": p, "label": int(p >= predictor.threshold), "threshold": predictor.threshold}
+    result = predictor.decision(logit)
     if "context" in STATE:
         result["context"] = score_patient([logit], [meta])[0]
     return {**result, "model_version": predictor.version, "note": "not a medical device"}
@@ -349,8 +348,8 @@ def score_patient(logits: list[float], metas: list[dict]) -> list[dict]:
     """Risk of each lesion of one patient: the context stage when loaded (metadata and the patient's
     other lesions), else the image model's calibrated probability; plus the ugly-duckling rank."""
     predictor, logits = STATE["predictor"], np.asarray(logits, dtype=np.float64)
-    image_p = calibrated(logits, predictor.temperature, predictor.bias)
-    rank = pd.Series(logits).rank(ascending=False, method="min").to_numpy()
+    image_p = predictor.probabilities(logits)
+    rank = ugly_duckling_rank(logits, np.zeros(len(logits)))  # one request, one patient
     context = STATE.get("context")
     if context is None:
         p, threshold = image_p, predictor.threshold
@@ -361,7 +360,6 @@ def score_patient(logits: list[float], metas: list[dict]) -> list[dict]:
         table["age_approx"] = [m["age"] for m in metas]
         table["sex"], table["anatom_site"] = [m["sex"] for m in metas], [m["site"] for m in metas]
         p, threshold = context.probabilities(table, logits), context.threshold
-        unknown = sorted({m["site"] for m in metas if m["site"] and m["site"] not in context.sites})
     return [
         {
             "probability": float(p[i]),
@@ -371,7 +369,7 @@ def score_patient(logits: list[float], metas: list[dict]) -> list[dict]:
             "ugly_duckling_rank": int(rank[i]),
             **(
                 {"unknown_site_treated_as_missing": metas[i]["site"]}
-                if context and metas[i]["site"] in unknown
+                if context and metas[i]["site"] and metas[i]["site"] not in context.sites
                 else {}
             ),
         }

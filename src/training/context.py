@@ -35,7 +35,7 @@ from src.data.metadata import (
     split_groups,
     text,
 )
-from src.data.patient_context import context_features, has_lesion_ids
+from src.data.patient_context import context_features, has_lesion_ids, ugly_duckling_rank
 from src.data.splits import SplitError, assign_folds
 from src.training import metrics as M
 from src.training.evaluate import MIN_SENSITIVITY, metric_fns, operating_metrics
@@ -77,6 +77,7 @@ class ContextModel:
     info: dict | None = None
 
     def features_for(self, table: pd.DataFrame, image_logit=None) -> pd.DataFrame:
+        """The trees' inputs: the one feature path of training, prediction and serving."""
         if self.uses_image_score and image_logit is None:
             raise ContextError("this context model uses the image score: give image logits too")
         f = context_features(
@@ -86,7 +87,7 @@ class ContextModel:
             self.lesion_features,
             self.measurements,
         )
-        return f.reindex(columns=self.features)
+        return f.reindex(columns=self.features) if self.features else f
 
     def margins(self, table: pd.DataFrame, image_logit=None) -> np.ndarray:
         x = self.features_for(table, image_logit).to_numpy(dtype=np.float64)
@@ -100,8 +101,7 @@ class ContextModel:
         (1 = the image score that stands out most among the same patient's lesions)."""
         t = table.reset_index(drop=True)
         p = self.probabilities(t, image_logit)
-        basis = pd.Series(np.asarray(image_logit, float) if image_logit is not None else p)
-        rank = basis.groupby(split_groups(t)).rank(ascending=False, method="min")
+        rank = ugly_duckling_rank(image_logit if image_logit is not None else p, split_groups(t))
         return pd.DataFrame(
             {"probability": p, "label": (p >= self.threshold).astype(int), "patient_rank": rank}
         )
@@ -126,7 +126,7 @@ class ContextModel:
             raise ContextError(f"cannot load context model {path}: {e}") from None
 
 
-def fit_boosters(x: pd.DataFrame, y: np.ndarray, folds: np.ndarray, site_column: bool = True):
+def fit_boosters(x: pd.DataFrame, y: np.ndarray, folds: np.ndarray):
     """Out-of-fold margins and the K boosters: booster k never sees fold k (nor its patients)."""
     import lightgbm as lgb
 
@@ -138,7 +138,7 @@ def fit_boosters(x: pd.DataFrame, y: np.ndarray, folds: np.ndarray, site_column:
             x[train].to_numpy(np.float64),
             y[train],
             feature_name=list(x.columns),
-            categorical_feature=["site"] if site_column else "auto",
+            categorical_feature=["site"],
             free_raw_data=True,
         )
         booster = lgb.train(params, data, num_boost_round=ROUNDS)
@@ -153,16 +153,16 @@ def train_context(
     """Fit the stage on labelled rows; returns the model and every row's out-of-fold margin."""
     check_folds(table, folds)
     y = table["target"].to_numpy().astype(int)
-    unlabelled = table.drop(columns=["target"])
     sites = sorted(set(text(table["anatom_site"]).str.lower()) - {""})
-    measurements = measurement_columns(table.columns)
-    lesions = has_lesion_ids(table)
-    x = context_features(unlabelled, sites, image_logit, lesions, measurements)
-    oof, boosters = fit_boosters(x, y, folds)
-    temperature, bias = M.fit_temperature(oof, y)
-    model = ContextModel(boosters, list(x.columns), sites, measurements, lesions, image_logit is not None)
-    model.temperature, model.bias = temperature, bias
-    model.threshold = M.threshold_for_sensitivity(y, M.calibrated(oof, temperature, bias), MIN_SENSITIVITY)
+    model = ContextModel(
+        [], [], sites, measurement_columns(table.columns), has_lesion_ids(table), image_logit is not None
+    )
+    x = model.features_for(table, image_logit)  # drops the labels first
+    oof, model.boosters = fit_boosters(x, y, folds)
+    model.features = list(x.columns)
+    model.temperature, model.bias = M.fit_temperature(oof, y)
+    p = M.calibrated(oof, model.temperature, model.bias)
+    model.threshold = M.threshold_for_sensitivity(y, p, MIN_SENSITIVITY)
     return model, oof
 
 
@@ -296,7 +296,7 @@ def finish(args, out: Path, table, folds, scores: dict, final: ContextModel) -> 
     from src.training import report as R
 
     last = "fused" if "fused" in scores else "context"
-    pd.DataFrame(
+    oof = pd.DataFrame(
         {
             "image_name": table["image_name"],
             "fold": folds,
@@ -304,7 +304,8 @@ def finish(args, out: Path, table, folds, scores: dict, final: ContextModel) -> 
             "logit": scores[last],
             "probability": M.calibrated(scores[last], final.temperature, final.bias),
         }
-    ).to_csv(out / "oof.csv", index=False)
+    )
+    atomic_write_text(out / "oof.csv", oof.to_csv(index=False))
     report = build_context_report(table, folds, scores, final, args.metadata, args.bootstrap, args.seed)
     report["plots"] = {"importance": R.plot_importance(report["importance"], out / "feature_importance.png")}
     atomic_write_json(out / "report.json", report)

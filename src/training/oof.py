@@ -17,7 +17,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -133,7 +132,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     try:
         bests = [train_fold(k, args.folds, out, overrides, args.retrain) for k in range(args.folds)]
-        parts = [score_fold(k, best, SimpleNamespace(**vars(args))) for k, best in enumerate(bests)]
+        parts = [score_fold(k, best, args) for k, best in enumerate(bests)]
         check_one_split([split for _, split in parts])
     except (OOFError, EvaluationError, CheckpointError, DataError, SplitError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -103,28 +103,46 @@ def test_grad_cam_overlay_has_the_input_size_and_is_not_constant(trained_run, de
     assert all(p.grad is None for p in model.parameters())  # no gradients left behind on the shared model
 
 
-def test_onnx_export_parity_and_int8_auc_on_demo_validation(demo_run, tmp_path):
+def paired_auc_spread(y, a, b, resamples=200, seed=0) -> float:
+    """Standard deviation of AUC(a) - AUC(b) over resamples of the images: the noise that a
+    difference between two scores of the same images has to stand out of."""
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(resamples):
+        i = rng.integers(0, len(y), len(y))
+        diffs.append(roc_auc(y[i], a[i]) - roc_auc(y[i], b[i]))
+    return float(np.std(diffs))
+
+
+def test_onnx_export_parity_and_int8_on_any_x86_cpu(demo_run, tmp_path):
+    """int8 may move each score a little; it must give the same file on every CPU and keep the
+    AUC within the noise of the fp32 AUC, on all 1,200 demo images (on the 240 validation images
+    alone, that noise is 0.018: a tolerance there would mean nothing)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from src.data.labels import load_labeled_images
+
     out_dir, best = demo_run
     r = run_script("src/inference/export.py", "--checkpoint", best, "--out", tmp_path / "m.onnx", "--int8")
     assert r.returncode == 0, r.stderr
     assert "tolerance 0.0001" in r.stdout
-    import pandas as pd
-
-    from src.data.labels import load_labeled_images
-
-    split = pd.read_csv(out_dir / "split.csv", dtype={"image_name": str})
-    val = split[split.split == "val"]
+    # 7-bit weights: without VNNI (AVX2 only), full-range int8 weights saturate ONNX Runtime's
+    # 16-bit pair sums and the same model scores differently (export.py, docs/deployment.md).
+    graph = onnx.load(str(tmp_path / "m_int8.onnx")).graph
+    weights = [numpy_helper.to_array(w) for w in graph.initializer if w.data_type == onnx.TensorProto.INT8]
+    assert len(weights) > 50 and max(np.abs(w.astype(int)).max() for w in weights) <= 64
     data = load_labeled_images(str(out_dir.parent / "demo" / "metadata.csv"), str(out_dir.parent / "demo"))
-    paths = data.table.set_index("image_name").loc[val.image_name, "path"]
-    x = torch.stack([load_input(p, 64) for p in paths])
-    y = val.target.to_numpy()
+    x = torch.stack([load_input(p, 64) for p in data.table["path"]])
+    y = data.table["target"].to_numpy()
     torch_model = Predictor(best)
     fp32, int8 = Predictor(tmp_path / "m.onnx"), Predictor(tmp_path / "m_int8.onnx")
     p_torch = torch_model.probabilities(torch_model.logits(x))
-    p_fp32 = fp32.probabilities(fp32.logits(x))
-    assert len(y) == 240 and np.abs(p_fp32 - p_torch).max() <= 1e-4
-    auc_fp32, auc_int8 = roc_auc(y, fp32.logits(x)), roc_auc(y, int8.logits(x))
-    assert abs(auc_fp32 - auc_int8) <= 0.005, (auc_fp32, auc_int8)
+    logits_fp32, logits_int8 = fp32.logits(x), int8.logits(x)
+    assert len(y) == 1200 and np.abs(fp32.probabilities(logits_fp32) - p_torch).max() <= 1e-4
+    auc_fp32, auc_int8 = roc_auc(y, logits_fp32), roc_auc(y, logits_int8)
+    noise = paired_auc_spread(y, logits_int8, logits_fp32)
+    assert abs(auc_fp32 - auc_int8) <= max(0.005, 2 * noise), (auc_fp32, auc_int8, noise)
     assert fp32.img_size == 64 and int8.threshold == torch_model.threshold
     assert fp32.logits(x[:5], tta=True).shape == (5,)  # dynamic batch axis, and TTA on ONNX
     r = run_script(

@@ -61,3 +61,34 @@ def tiny_train_args(data_dir, out, epochs=2, *extra):
         "--MERGE_NEAR_DUPLICATES=False",  # the synthetic drawings look alike (test_dedup.py merges)
         *extra,
     ]
+
+
+def patients_table(n_patients=150, seed=0):
+    """A generated metadata table in the common layout (src/data/metadata.py): patients of 2-8
+    images with ages, sexes and sites (some missing), lesion ids, and melanoma more likely with age
+    and on the back; enough for the context stage to learn something in seconds."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    sites = ["torso", "lower extremity", "upper extremity", "head/neck", ""]
+    rows = []
+    for p in range(n_patients):
+        age = float(rng.integers(20, 86)) if rng.random() > 0.05 else np.nan
+        sex = ["female", "male", ""][rng.choice(3, p=[0.48, 0.48, 0.04])]
+        for i in range(int(rng.integers(2, 9))):
+            site = sites[rng.choice(5, p=[0.4, 0.25, 0.2, 0.1, 0.05])]
+            risk = 0.02 + 0.15 * (age > 60 if age == age else 0) + 0.3 * (site == "torso")
+            rows.append(
+                {
+                    "image_name": f"ISIC_{p:04d}{i:02d}",
+                    "target": int(rng.random() < risk),
+                    "patient_id": f"IP_{p:04d}",
+                    "lesion_id": f"IL_{p:04d}_{i}",
+                    "sex": sex,
+                    "age_approx": age + 5 * (i % 2),
+                    "anatom_site": site,
+                    "diagnosis": "",
+                    "source": "generated",
+                }
+            )
+    return pd.DataFrame(rows)

@@ -1,9 +1,11 @@
-"""Write files so that a crash never leaves a half-written one: temporary file, then os.replace."""
+"""Write files so that a crash never leaves a half-written one (temporary file, then os.replace), and
+read a file a user hands in without waiting forever on a FIFO or swallowing a file of any size."""
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -51,3 +53,20 @@ def remove_stale_temporaries(folder: str | Path) -> int:
         tmp.unlink(missing_ok=True)
         removed += 1
     return removed
+
+
+def read_regular_file(path: str | Path, max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most `max_bytes`. A FIFO, device or folder is refused before
+    any read (opening a FIFO waits for a writer forever), and so is a larger file. OSError says why."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        raise OSError(f"cannot read {path}: {e.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(f"{path} is not a regular file")
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise OSError(f"{path} is larger than the {max_bytes:,} bytes such a file may have")
+    return data

@@ -79,7 +79,8 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     return ckpt
 
 
-def _number(value) -> bool:
+def finite_number(value) -> bool:
+    """A real int or float (not a bool), neither NaN nor infinite: what a setting read from a file must be."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -100,15 +101,17 @@ def check_settings(s: dict, source) -> None:
         )
     for key in ("mean", "std"):
         v = s.get(key)
-        if not (isinstance(v, (list, tuple)) and len(v) == 3 and all(_number(x) and 0 <= x <= 1 for x in v)):
+        if not (
+            isinstance(v, (list, tuple)) and len(v) == 3 and all(finite_number(x) and 0 <= x <= 1 for x in v)
+        ):
             problems.append(f"{key} {v!r} is not 3 numbers in 0..1 (one per RGB channel)")
-    if isinstance(s.get("std"), (list, tuple)) and any(_number(x) and x == 0 for x in s["std"]):
+    if isinstance(s.get("std"), (list, tuple)) and any(finite_number(x) and x == 0 for x in s["std"]):
         problems.append("std has a zero (division by zero)")
-    if "threshold" in s and not (_number(s["threshold"]) and 0 <= s["threshold"] <= 1):
+    if "threshold" in s and not (finite_number(s["threshold"]) and 0 <= s["threshold"] <= 1):
         problems.append(f"threshold {s['threshold']!r} is not a probability in 0..1")
-    if "temperature" in s and not (_number(s["temperature"]) and s["temperature"] > 0):
+    if "temperature" in s and not (finite_number(s["temperature"]) and s["temperature"] > 0):
         problems.append(f"temperature {s['temperature']!r} is not a positive number")
-    if "logit_bias" in s and not _number(s["logit_bias"]):
+    if "logit_bias" in s and not finite_number(s["logit_bias"]):
         problems.append(f"logit_bias {s['logit_bias']!r} is not a number")
     if problems:
         raise CheckpointError(f"{source} has invalid settings: {'; '.join(problems)}")

@@ -5,10 +5,11 @@
 
 Trains LightGBM with the same patient-grouped folds as the image model (the folds in oof.csv; without
 it, 5 folds grouped by patient), so every image is scored by trees that never saw its patient. Writes to
---out (default checkpoints/context/): context_model.json (LightGBM's text models in JSON: loading it
-runs no pickled code), oof.csv, report.json, report.md and feature_importance.png. With --oof, the
-report puts image-only, context-only and fused side by side. On the real ISIC 2020 labels, without a
-single image: AUC 0.79, pAUC 0.076 (benchmarks/context.py; docs/context.md).
+--out (default checkpoints/context/): context_model.json (LightGBM's text models in JSON, read back
+and evaluated by src/training/trees.py, never by LightGBM), oof.csv, report.json, report.md and
+feature_importance.png. With --oof, the report puts image-only, context-only and fused side by side.
+On the real ISIC 2020 labels, without a single image: AUC 0.79, pAUC 0.076 (benchmarks/context.py;
+docs/context.md).
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ if __name__ == "__main__":
 import numpy as np
 import pandas as pd
 
-from src.data.atomic import atomic_write_json, atomic_write_text
+from src.data.atomic import atomic_write_json, atomic_write_text, read_regular_file
 from src.data.metadata import (
+    COLUMNS,
     MALIGNANT_POLICIES,
     MetadataError,
     measurement_columns,
@@ -38,9 +40,13 @@ from src.data.metadata import (
 from src.data.patient_context import context_features, has_lesion_ids, ugly_duckling_rank
 from src.data.splits import SplitError, assign_folds
 from src.training import metrics as M
+from src.training.checkpoint import finite_number
 from src.training.evaluate import MIN_SENSITIVITY, metric_fns, operating_metrics
+from src.training.trees import Forest
 
 FORMAT = "melanoma-context-model/1"
+MAX_MODEL_BYTES = 64 * 1024 * 1024  # the 5-fold model of the real ISIC 2020 labels is 2.8 MB
+MAX_BOOSTERS = 100  # one per fold
 # Fixed, not tuned per run: shallow trees, slow learning, strong regularisation. A leaf must hold
 # enough melanomas to mean anything, so its minimum size follows the number of positives.
 PARAMS = {
@@ -63,9 +69,9 @@ class ContextError(Exception):
 
 @dataclass
 class ContextModel:
-    """K LightGBM boosters (one per fold, averaged) and what turns metadata into their inputs."""
+    """K boosted-tree models (one per fold, margins averaged) and what turns metadata into their inputs."""
 
-    boosters: list
+    boosters: list[Forest]
     features: list[str]
     sites: list[str]
     measurements: list[str]
@@ -91,7 +97,7 @@ class ContextModel:
 
     def margins(self, table: pd.DataFrame, image_logit=None) -> np.ndarray:
         x = self.features_for(table, image_logit).to_numpy(dtype=np.float64)
-        return np.mean([b.predict(x, raw_score=True) for b in self.boosters], axis=0)
+        return np.mean([b.raw_score(x) for b in self.boosters], axis=0)
 
     def probabilities(self, table: pd.DataFrame, image_logit=None) -> np.ndarray:
         return M.calibrated(self.margins(table, image_logit), self.temperature, self.bias)
@@ -108,22 +114,71 @@ class ContextModel:
 
     def save(self, path: Path) -> None:
         body = {k: v for k, v in self.__dict__.items() if k != "boosters"}
-        body["boosters"] = [b.model_to_string() for b in self.boosters]
+        body["boosters"] = [b.text for b in self.boosters]
         atomic_write_json(path, {"format": FORMAT, **body})
 
     @classmethod
     def load(cls, path: str | Path) -> ContextModel:
-        """JSON and LightGBM's own text format: nothing in the file can run code."""
-        import lightgbm as lgb
-
+        """JSON with LightGBM's text models inside, read and checked here (src/training/trees.py):
+        nothing in the file runs code or reaches LightGBM's parser, and a file that could give
+        anything but a finite risk is refused with the reason (docs/serving.md lists the rules)."""
         try:
-            body = json.loads(Path(path).read_text())
-            if body.pop("format", None) != FORMAT:
+            body = json.loads(read_regular_file(path, MAX_MODEL_BYTES))
+            if not isinstance(body, dict) or body.get("format") != FORMAT:
                 raise ContextError(f"{path} is not a context model ({FORMAT})")
-            body["boosters"] = [lgb.Booster(model_str=s) for s in body["boosters"]]
-            return cls(**body)
-        except (OSError, ValueError, TypeError, KeyError, lgb.basic.LightGBMError) as e:
-            raise ContextError(f"cannot load context model {path}: {e}") from None
+            fields = checked_fields(body)
+            model = cls(**fields, boosters=[Forest.parse(text) for text in body["boosters"]])
+            model.check_features()
+            return model
+        except (OSError, ValueError, RecursionError) as e:  # TreeModelError and bad JSON are ValueErrors
+            reason = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+            raise ContextError(f"cannot load context model {path}: {reason}") from None
+
+    def check_features(self) -> None:
+        """The trees' features are the ones this version computes from metadata, in the same order."""
+        probe = pd.DataFrame({c: [""] for c in COLUMNS}).drop(columns="target")
+        logit = np.zeros(1) if self.uses_image_score else None
+        computed = list(
+            context_features(probe, self.sites, logit, self.lesion_features, self.measurements).columns
+        )
+        if computed != self.features:
+            raise ValueError("its feature list is not the one these settings compute from metadata")
+        for k, booster in enumerate(self.boosters):
+            if booster.feature_names != self.features:
+                raise ValueError(f"booster {k} uses other features than the model lists")
+
+
+def checked_fields(body: dict) -> dict:
+    """The model's settings from its file, each of the right type and range (boosters aside)."""
+    fields = {k: v for k, v in body.items() if k not in ("format", "boosters")}
+    expected = {"features", "sites", "measurements", "lesion_features", "uses_image_score"}
+    expected |= {"temperature", "bias", "threshold", "info"}
+    if set(fields) != expected or "boosters" not in body:
+        raise ValueError(f"its fields must be exactly: boosters, {', '.join(sorted(expected))}")
+    texts = {"boosters": body["boosters"], **{k: fields[k] for k in ("features", "sites", "measurements")}}
+    for key, values in texts.items():
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise ValueError(f"'{key}' must be a list of texts")
+        if key != "boosters" and (
+            len(set(values)) != len(values) or not all(v.isprintable() for v in values)
+        ):
+            raise ValueError(f"'{key}' must list distinct printable names")
+    if not 1 <= len(body["boosters"]) <= MAX_BOOSTERS or not fields["features"]:
+        raise ValueError(f"it needs 1 to {MAX_BOOSTERS} boosters and at least one feature")
+    if not all(isinstance(fields[k], bool) for k in ("lesion_features", "uses_image_score")):
+        raise ValueError("'lesion_features' and 'uses_image_score' must be true or false")
+    ok = {
+        "temperature": finite_number(fields["temperature"]) and fields["temperature"] > 0,
+        "bias": finite_number(fields["bias"]),
+        "threshold": finite_number(fields["threshold"]) and 0 <= fields["threshold"] <= 1,
+    }
+    bad = [k for k, good in ok.items() if not good]
+    if bad:
+        raise ValueError(f"{bad[0]} = {repr(fields[bad[0]])[:40]} is not valid (see docs/serving.md)")
+    if not isinstance(fields["info"], (dict, type(None))):
+        raise ValueError("'info' must be an object")
+    json.dumps(fields["info"], ensure_ascii=False).encode()  # text that cannot be echoed as UTF-8
+    return fields
 
 
 def fit_boosters(x: pd.DataFrame, y: np.ndarray, folds: np.ndarray):
@@ -158,7 +213,8 @@ def train_context(
         [], [], sites, measurement_columns(table.columns), has_lesion_ids(table), image_logit is not None
     )
     x = model.features_for(table, image_logit)  # drops the labels first
-    oof, model.boosters = fit_boosters(x, y, folds)
+    oof, boosters = fit_boosters(x, y, folds)
+    model.boosters = [Forest.parse(b.model_to_string()) for b in boosters]  # scored as a loaded file is
     model.features = list(x.columns)
     model.temperature, model.bias = M.fit_temperature(oof, y)
     p = M.calibrated(oof, model.temperature, model.bias)
@@ -201,7 +257,7 @@ def score_summary(y, margins, groups, n_resamples: int, seed: int) -> dict:
 
 def importance(model: ContextModel) -> dict[str, float]:
     """Total gain of each feature, averaged over the fold models, largest first."""
-    gains = np.mean([b.feature_importance("gain") for b in model.boosters], axis=0)
+    gains = np.mean([b.importance() for b in model.boosters], axis=0)
     order = np.argsort(-gains)
     return {model.features[i]: float(gains[i]) for i in order}
 

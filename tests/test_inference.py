@@ -75,6 +75,35 @@ def test_cli_lists_unreadable_files_and_predicts_the_rest(trained_run, demo_dir,
     ]
 
 
+def test_cli_lists_images_the_metadata_names_but_the_folder_lacks(trained_run, demo_dir, tmp_path):
+    """Under pandas 3 a path that was not found is NaN, not None: it used to end in a traceback."""
+    from src.data.metadata import read_metadata
+    from src.data.splits import assign_folds
+    from src.training.context import train_context
+
+    _, best = trained_run
+    table = pd.read_csv(demo_dir / "metadata.csv", dtype=str, keep_default_na=False)
+    listed = pd.concat([table.head(5), table.head(1).assign(image_name="ISIC_missing")])
+    listed.iloc[1, listed.columns.get_loc("age_approx")] = "1e6"  # not an age: read as missing, said so
+    listed.iloc[2, listed.columns.get_loc("anatom_site_general_challenge")] = "elbow"
+    listed.to_csv(tmp_path / "metadata.csv", index=False)
+    labelled = read_metadata(demo_dir / "metadata.csv").table
+    train_context(labelled, assign_folds(labelled, 3, 0))[0].save(tmp_path / "context.json")
+    for extra in ([], ["--context", tmp_path / "context.json"]):
+        out = tmp_path / "p.csv"
+        args = [tmp_path / "metadata.csv", "--images", demo_dir, "--out", out, "--workers", 0, *extra]
+        r = run_script("src/inference/predict.py", "--checkpoint", best, *args)
+        assert r.returncode == 0, r.stderr
+        assert "5 images predicted, 1 unreadable" in r.stdout
+        assert "note: 1 rows have an age that is not a number of years in 0-120" in r.stderr
+        assert ("1 images have a site the context model never saw ('elbow')" in r.stderr) == bool(extra)
+        p = pd.read_csv(out, keep_default_na=False).set_index("image_name")
+        assert (
+            p.loc["ISIC_missing", "error"] == "file not found"
+            and (p.drop("ISIC_missing")["error"] == "").all()
+        )
+
+
 def test_cli_single_image_and_bad_checkpoint(trained_run, demo_dir, tmp_path):
     _, best = trained_run
     r = run_script(

@@ -4,7 +4,7 @@ import textwrap
 
 import pytest
 
-from src.data.metadata import MetadataError, detect_format, read_metadata, split_groups
+from src.data.metadata import MetadataError, age_in_years, detect_format, read_metadata, split_groups
 
 from helpers import SHARED, needs_shared
 
@@ -230,3 +230,18 @@ def test_detect_format_from_columns():
     assert detect_format(["lesion_id", "image_id", "dx"]) == "ham10000"
     assert detect_format(["isic_id", "attribution"]) == "isic_archive"
     assert detect_format(["foo"]) is None
+
+
+def test_an_age_is_a_number_of_years_on_every_path(tmp_path):
+    """The CSV reader and the service's fields share one rule: -1, 1e6, inf or text is not an age."""
+    rows = ["image_name,patient_id,age_approx,target"]
+    rows += [f"ISIC_{i},IP_1,{age},0" for i, age in enumerate(["45", "-1", "1e6", "inf", "old", "", "120"])]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    m = read_metadata(tmp_path / "m.csv")
+    assert m.table["age_approx"].tolist()[:1] + m.table["age_approx"].tolist()[-1:] == [45, 120]
+    assert m.table["age_approx"].isna().tolist() == [False, True, True, True, True, True, False]
+    assert m.invalid_ages == 4  # the empty cell is simply missing
+    assert age_in_years("45") == 45 and age_in_years(60) == 60 and age_in_years("") is None
+    for bad in ("-1", 1e6, float("inf"), float("nan"), True, False, 10**400, "old", [45], {"a": 1}):
+        with pytest.raises(ValueError):
+            age_in_years(bad)

@@ -26,7 +26,7 @@ from src.data.labels import (
     find_unreadable,
     load_labeled_images,
 )
-from src.data.metadata import MALIGNANT_POLICIES
+from src.data.metadata import MALIGNANT_POLICIES, invalid_ages_note
 from src.data.splits import SplitError, grouping_description, make_split, split_summary
 
 MALIGNANT_NOTE = {
@@ -59,6 +59,7 @@ def dataset_report(
         "split_groups": int(split["group"].nunique()),
         "grouping": grouping_description(split),
         "dropped": data.metadata.dropped,
+        "invalid_ages": data.metadata.invalid_ages,
         "missing_images": len(data.missing),
         "unreadable": [{"path": p, "reason": r} for p, r in unreadable.items()],
         "cache": data.cache_dir,
@@ -85,6 +86,8 @@ def print_report(report: dict) -> None:
         )
     for reason, n in report["dropped"].items():
         print(f"dropped:       {n:,} rows ({reason})")
+    if report["invalid_ages"]:
+        print(f"ages:          {invalid_ages_note(report['invalid_ages'])}")
     print(f"missing files: {report['missing_images']}   unreadable files: {len(report['unreadable'])}")
     for item in report["unreadable"][:10]:
         print(f"  {item['path']}: {item['reason']}")

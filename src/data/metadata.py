@@ -67,6 +67,9 @@ KNOWN_FORMATS = {
     "ham10000": "HAM10000_metadata.csv: lesion_id, image_id, dx, dx_type, age, sex, localization",
 }
 MELANOMA_DIAGNOSIS_2 = "Malignant melanocytic proliferations (Melanoma)"
+# An age is a finite number of years in this range on every path (CSV, form field, JSON): anything
+# else (-1, 1e6, inf, text) is not an age. A CSV cell reads as missing; the service answers 422.
+AGE_RANGE = (0.0, 120.0)
 
 
 class MetadataError(ValueError):
@@ -79,6 +82,7 @@ class Metadata:
     formats: list[str]  # detected format of each file read
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> rows removed
     other_malignant: int = 0  # malignant rows that are not melanoma (BCC, SCC...), before the policy
+    invalid_ages: int = 0  # rows whose age is not a number of years in AGE_RANGE (read as missing)
 
 
 def detect_format(columns) -> str | None:
@@ -120,10 +124,13 @@ def read_metadata(
             f"malignant_non_melanoma must be one of {MALIGNANT_POLICIES}, not {malignant_non_melanoma!r}"
         )
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    tables, formats, dropped, other = [], [], {}, 0
+    tables, formats, dropped, other, invalid_ages = [], [], {}, 0, 0
     for path in paths:
-        table, fmt, file_dropped, file_other = _read_one(Path(path), malignant_non_melanoma, require_labels)
+        table, fmt, file_dropped, file_other, file_invalid = _read_one(
+            Path(path), malignant_non_melanoma, require_labels
+        )
         other += file_other
+        invalid_ages += file_invalid
         tables.append(table)
         formats.append(fmt)
         for reason, n in file_dropped.items():
@@ -136,7 +143,7 @@ def read_metadata(
     if duplicates_csv:
         table, n = drop_official_duplicates(table, duplicates_csv)
         dropped["official duplicate"] = n
-    return Metadata(table=table, formats=formats, dropped=dropped, other_malignant=other)
+    return Metadata(table, formats, dropped, other_malignant=other, invalid_ages=invalid_ages)
 
 
 def _read_one(path: Path, policy: str, require_labels: bool):
@@ -164,12 +171,13 @@ def _read_one(path: Path, policy: str, require_labels: bool):
     }[fmt]
     table = parse(raw, path)
     table["source"] = fmt
+    table["age_approx"], invalid_ages = _ages(table["age_approx"])
     other_malignant = int((table.get("_malignant", False) & (table["target"] == 0)).sum())
     table = _apply_label_rules(table, policy)
     dropped = {reason: int((table["_drop"] == reason).sum()) for reason in table["_drop"].unique() if reason}
     table = table[table["_drop"] == ""].drop(columns=["_drop", "_malignant"]).reset_index(drop=True)
     _check_unique_ids(table, path)
-    return table[COLUMNS + measurement_columns(table.columns)], fmt, dropped, other_malignant
+    return table[COLUMNS + measurement_columns(table.columns)], fmt, dropped, other_malignant, invalid_ages
 
 
 def _apply_label_rules(table: pd.DataFrame, policy: str) -> pd.DataFrame:
@@ -205,8 +213,38 @@ def _column(raw: pd.DataFrame, name: str) -> pd.Series:
     return raw[name].str.strip() if name in raw.columns else pd.Series([""] * len(raw), index=raw.index)
 
 
-def _age(values: pd.Series) -> pd.Series:
-    return pd.to_numeric(values, errors="coerce")
+def valid_ages(ages) -> np.ndarray:
+    ages = np.asarray(ages, dtype=np.float64)
+    return np.isfinite(ages) & (ages >= AGE_RANGE[0]) & (ages <= AGE_RANGE[1])
+
+
+def _ages(values: pd.Series) -> tuple[pd.Series, int]:
+    """Ages from a column of text: a cell that is not an age reads as missing; also how many did not."""
+    cells = text(values)
+    numbers = pd.to_numeric(cells, errors="coerce")
+    ok = valid_ages(numbers)
+    return numbers.where(ok), int(((cells != "") & ~ok).sum())
+
+
+def invalid_ages_note(rows: int) -> str:
+    years = f"{AGE_RANGE[0]:g}-{AGE_RANGE[1]:g}"
+    return f"{rows:,} rows have an age that is not a number of years in {years}: read as missing"
+
+
+def age_in_years(value) -> float | None:
+    """One age from a form field or a JSON value: None when empty; ValueError saying what is wrong
+    when it is not an age (a boolean, an overflowing integer and 1e6 included)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError("must be a number of years")
+    try:
+        age = float(value)
+    except (ValueError, OverflowError):
+        raise ValueError("must be a number of years") from None
+    if not valid_ages([age])[0]:
+        raise ValueError(f"must be between {AGE_RANGE[0]:g} and {AGE_RANGE[1]:g}")
+    return age
 
 
 def _binary(values: pd.Series, path: Path, column: str) -> pd.Series:
@@ -232,7 +270,7 @@ def _parse_isic2020(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
             "patient_id": _column(raw, "patient_id"),
             "lesion_id": _column(raw, "lesion_id"),
             "sex": _column(raw, "sex"),
-            "age_approx": _age(_column(raw, "age_approx")),
+            "age_approx": _column(raw, "age_approx"),
             "anatom_site": _column(raw, "anatom_site_general_challenge"),
             "diagnosis": _column(raw, "diagnosis"),
         }
@@ -250,7 +288,7 @@ def _parse_isic2024(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
             "patient_id": _column(raw, "patient_id"),
             "lesion_id": _column(raw, "lesion_id"),
             "sex": _column(raw, "sex"),
-            "age_approx": _age(_column(raw, "age_approx")),
+            "age_approx": _column(raw, "age_approx"),
             "anatom_site": _column(raw, "anatom_site_general"),
             "diagnosis": diagnosis,
             "_malignant": malignant,
@@ -280,7 +318,7 @@ def _parse_archive(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
             "patient_id": _column(raw, "patient_id"),
             "lesion_id": _column(raw, "lesion_id"),
             "sex": _column(raw, "sex"),
-            "age_approx": _age(_column(raw, "age_approx")),
+            "age_approx": _column(raw, "age_approx"),
             "anatom_site": site,
             "diagnosis": diagnosis,
             "_malignant": malignant,
@@ -331,7 +369,7 @@ def _parse_isic2019(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
             "patient_id": "",
             "lesion_id": extra["lesion_id"],
             "sex": extra["sex"],
-            "age_approx": _age(extra["age_approx"]),
+            "age_approx": extra["age_approx"],
             "anatom_site": extra["anatom_site_general"],
             "diagnosis": label,
             "_malignant": label.isin(ISIC2019_MALIGNANT),
@@ -368,7 +406,7 @@ def _parse_isic2017(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
             "patient_id": "",
             "lesion_id": "",
             "sex": "",
-            "age_approx": np.nan,
+            "age_approx": "",
             "anatom_site": "",
             "diagnosis": diagnosis,
         }
@@ -387,7 +425,7 @@ def _parse_ham10000(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
             "patient_id": "",
             "lesion_id": _column(raw, "lesion_id"),
             "sex": _column(raw, "sex"),
-            "age_approx": _age(_column(raw, "age")),
+            "age_approx": _column(raw, "age"),
             "anatom_site": _column(raw, "localization"),
             "diagnosis": dx,
             "_malignant": dx.isin(HAM_MALIGNANT),

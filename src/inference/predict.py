@@ -8,7 +8,8 @@ CKPT is a training checkpoint (.pth) or an export (.onnx, also int8). INPUT is o
 of images (or one level down), an ISIC 2024 image HDF5 file, or a metadata CSV in any supported
 format (labels optional; images from --images, default the CSV's folder). Writes image_name,target
 (target is the calibrated melanoma probability), label (1 = melanoma at the saved threshold) and
-error. Unreadable files are listed with their error; the rest are still predicted.
+error. Unreadable files, and images the metadata lists but the folder or HDF5 file lacks, are
+listed with their error; the rest are still predicted.
 
 --context applies the context stage (src/training/context.py) to a metadata CSV: all lesions of a
 patient are scored together, target becomes the fused risk, and image_probability and patient_rank
@@ -33,7 +34,7 @@ from src.data.atomic import atomic_write_bytes, atomic_write_text
 from src.data.images import HDF5_EXTENSIONS, IMAGE_EXTENSIONS, ImageDecodeError, decode_image, index_images
 from src.data.labels import DataError
 from src.data.loader import ImageDataset, default_workers, make_loader
-from src.data.metadata import MetadataError, read_metadata
+from src.data.metadata import MetadataError, invalid_ages_note, read_metadata, text
 from src.data.transforms import load_input
 from src.inference.predictor import Predictor
 from src.training.checkpoint import CheckpointError
@@ -66,12 +67,13 @@ def list_inputs(source: str, images: str | None) -> pd.DataFrame:
         rows = metadata.table.assign(path=[found.get(n) for n in metadata.table["image_name"]])
         isic_ids = any(f.startswith(("isic2024", "isic_archive")) for f in metadata.formats)
         rows.attrs["id_column"] = "isic_id" if isic_ids else "image_name"
+        rows.attrs["invalid_ages"] = metadata.invalid_ages
         return rows
     raise DataError(f"{source} is not an image, a folder or a .csv file")
 
 
 def error_for(path) -> str:
-    if path is None:
+    if not isinstance(path, str):  # None, or NaN under pandas 3: listed in the metadata, not found
         return "file not found"
     try:
         decode_image(path, min_short_side=32)
@@ -117,6 +119,20 @@ def apply_context(model: ContextModel, rows: pd.DataFrame, results: pd.DataFrame
     out["label"] = np.where(failed, "", scored["label"].astype(str))
     out["patient_rank"] = np.where(failed, np.nan, scored["patient_rank"])
     return out[["image_name", "target", "label", "image_probability", "patient_rank", "error", "logit"]]
+
+
+def input_notes(rows: pd.DataFrame, context: ContextModel | None) -> list[str]:
+    """What the metadata held that prediction read as missing: bad ages, sites the model never saw."""
+    notes = [invalid_ages_note(rows.attrs["invalid_ages"])] if rows.attrs.get("invalid_ages") else []
+    if context is not None and "anatom_site" in rows:
+        sites = text(rows["anatom_site"]).str.lower()
+        unseen = sites[(sites != "") & ~sites.isin(context.sites)]
+        if len(unseen):
+            shown = ", ".join(repr(site[:40]) for site in sorted(set(unseen))[:5])
+            notes.append(
+                f"{len(unseen):,} images have a site the context model never saw ({shown}): read as missing"
+            )
+    return notes
 
 
 def submission(results: pd.DataFrame, id_column: str) -> str:
@@ -189,6 +205,8 @@ def main(argv=None) -> int:
     except (CheckpointError, DataError, MetadataError, ContextError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    for note in input_notes(rows, context):
+        print(f"note: {note}", file=sys.stderr)
     bad = int((results["error"] != "").sum())
     print(f"{len(results) - bad} images predicted, {bad} unreadable (listed with their error) -> {args.out}")
     if predictor.calibrated_on is None:

@@ -7,7 +7,7 @@ import time
 
 import httpx
 import pytest
-from test_serve import start_service
+from test_serve import start_service, stop_service
 
 from helpers import gradient_image, run_script, write_jpeg
 
@@ -29,8 +29,7 @@ def served(trained_run, tmp_path_factory):
     assert r.returncode == 0, r.stderr
     proc, url = start_service(best)
     yield url, run
-    proc.terminate()
-    proc.wait(timeout=20)
+    stop_service(proc)
 
 
 def browser():
@@ -52,7 +51,7 @@ def browser():
         "--window-size=1100,1400",
     ):
         options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
     return webdriver.Chrome(service=Service(DRIVER), options=options)
 
 
@@ -116,6 +115,12 @@ def test_upload_results_errors_model_card_and_report(served, tmp_path):
 
         outside = [u for u in requested_urls(driver) if not u.startswith((url, "data:", "blob:"))]
         assert outside == [], outside
+        # The page runs under its content-security policy (inline script and style pinned by hash).
+        refused = [
+            e["message"] for e in driver.get_log("browser") if "Content Security Policy" in e["message"]
+        ]
+        assert refused == [], refused
+        assert "system-ui" in driver.execute_script("return getComputedStyle(document.body).fontFamily")
     finally:
         driver.quit()
 

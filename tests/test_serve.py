@@ -3,11 +3,14 @@
 import io
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import cv2
 import httpx
@@ -26,20 +29,23 @@ def free_port() -> int:
 
 
 def start_service(model_path, **env):
-    """The documented command: python src/inference/serve.py."""
+    """The documented command: python src/inference/serve.py. Its log goes to a file (a pipe nobody
+    reads would block the service once full), which stop_service reads for 5xx answers."""
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "src/inference/serve.py", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "MODEL_PATH": str(model_path), "THREADS": "2", **env},
-    )
+    with tempfile.NamedTemporaryFile(prefix="service-", suffix=".log", delete=False) as log:
+        proc = subprocess.Popen(
+            [sys.executable, "src/inference/serve.py", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "MODEL_PATH": str(model_path), "THREADS": "2", **env},
+        )
+    proc.log = Path(log.name)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(proc.stdout.read().decode())
+            raise AssertionError(proc.log.read_text())
         try:
             if httpx.get(url + "/health", timeout=1).status_code == 200:
                 return proc, url
@@ -49,14 +55,23 @@ def start_service(model_path, **env):
     raise AssertionError("service did not start")
 
 
+def stop_service(proc):
+    """Stop it, and fail if it ever answered 5xx or logged a traceback: any input gets a 4xx or a 200."""
+    proc.terminate()
+    proc.wait(timeout=20)
+    log = proc.log.read_text(errors="replace")
+    proc.log.unlink()
+    errors = [line for line in log.splitlines() if re.search(r'HTTP/1\.[01]" 5\d\d', line)]
+    assert not errors and "Traceback" not in log, log[-3000:]
+
+
 @pytest.fixture(scope="module")
 def service(trained_run):
     proc, url = start_service(
         trained_run[1], MAX_UPLOAD_MB="1", MAX_PIXELS="2000000", HEADER_TIMEOUT_S="2", BODY_TIMEOUT_S="2"
     )
     yield url, proc
-    proc.terminate()
-    proc.wait(timeout=20)
+    stop_service(proc)
 
 
 def encode(array, ext=".jpg"):
@@ -173,6 +188,54 @@ def test_model_info_and_docs(service):
     assert "Not a medical device" in httpx.get(url + "/openapi.json").json()["info"]["description"]
 
 
+@pytest.fixture(scope="module")
+def report_service(trained_run, tmp_path_factory):
+    """The trained run copied, with an eval/ folder that holds a report, a symlink loop and a
+    malformed report.json."""
+    run = tmp_path_factory.mktemp("report") / "run"
+    shutil.copytree(trained_run[0], run, ignore=shutil.ignore_patterns("eval"))
+    (run / "eval").mkdir()
+    (run / "eval" / "report.md").write_text("# Evaluation\n")
+    (run / "eval" / "report.json").write_text('{"metrics": {"roc_auc": ')
+    os.symlink("loop.md", run / "eval" / "loop.md")
+    proc, url = start_service(run / trained_run[1].name)
+    yield url
+    stop_service(proc)
+
+
+@pytest.mark.parametrize("name", ["a%00.md", "%00", "x" * 300 + ".md", "loop.md", "..%2F..%2Fsplit.csv"])
+def test_report_route_answers_404_to_any_other_name(report_service, name):
+    assert httpx.get(f"{report_service}/report/{name}").status_code == 404  # 500 before, for the first four
+    assert httpx.get(f"{report_service}/report/report.md").status_code == 200
+
+
+def test_model_card_survives_a_malformed_report(report_service):
+    r = httpx.get(report_service + "/model")
+    assert r.status_code == 200 and r.json()["evaluation"] is None and r.json()["architecture"] == "resnet50"
+
+
+def test_security_headers_and_no_cdn(report_service):
+    for path in ("/", "/report/report.md", "/model", "/health"):
+        headers = httpx.get(report_service + path).headers
+        assert headers["x-content-type-options"] == "nosniff" and headers["x-frame-options"] == "DENY"
+        assert "frame-ancestors 'none'" in headers["content-security-policy"]
+    policy = httpx.get(report_service + "/").headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "script-src 'sha256-" in policy and "http" not in policy
+    assert httpx.get(report_service + "/docs").status_code == 404  # Swagger UI would load from a CDN
+    assert httpx.get(report_service + "/openapi.json").status_code == 200
+
+
+def test_long_client_input_is_not_echoed_whole(service):
+    url, _ = service
+    r = httpx.post(
+        url + "/predict",
+        files={"file": ("x" * 900 + ".jpg", encode(gradient_image()), "image/jpeg")},
+        data={"age": "7" * 200_000},
+        timeout=60,
+    )
+    assert r.status_code == 422 and len(r.json()["detail"]) < 300, r.text[:500]
+
+
 def test_bounded_concurrent_load(service):
     url, proc = service
     images = [encode(gradient_image(100 + i % 7, 140)) for i in range(10)]
@@ -201,8 +264,7 @@ def test_onnx_model_is_served_too(trained_run, demo_dir, tmp_path):
         r = post(url, "/explain", data)
         assert r.status_code == 409 and "Grad-CAM needs a PyTorch checkpoint" in r.json()["detail"]
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        stop_service(proc)
     from src.inference.predictor import Predictor
 
     assert onnx_answer["probability"] == pytest.approx(

@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import hashlib
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -40,8 +43,9 @@ from fastapi import FastAPI, File, Form, HTTPException, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from src.data.atomic import read_regular_file
 from src.data.images import MAX_PIXELS, ImageDecodeError, ImageTooLarge, check_header
-from src.data.metadata import COLUMNS
+from src.data.metadata import COLUMNS, age_in_years
 from src.data.patient_context import ugly_duckling_rank
 from src.inference.predictor import Predictor, default_threads
 from src.training.context import ContextModel
@@ -76,6 +80,49 @@ lesion's risk and its "ugly duckling" rank within the patient, the lesions above
 first. `POST /explain` returns a Grad-CAM overlay (PNG) of what the model looked at."""
 
 STATE: dict = {}
+MAX_REPORT_JSON_BYTES = 1024 * 1024
+
+
+def content_security_policy(page: str) -> str:
+    """The page may run only its own inline script and style (pinned by hash), show images it made
+    itself (blob:), talk only to this origin, and never be framed."""
+
+    def pinned(tag: str) -> str:
+        body = re.search(rf"<{tag}>(.*?)</{tag}>", page, re.S).group(1)
+        return f"'sha256-{base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()}'"
+
+    return (
+        f"default-src 'none'; script-src {pinned('script')}; style-src {pinned('style')}; "
+        "img-src 'self' blob:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'"
+    )
+
+
+SECURITY_HEADERS = [
+    (b"content-security-policy", content_security_policy(PAGE.read_text(encoding="utf-8")).encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+]
+
+
+def clipped(text: str, limit: int = 100) -> str:
+    """Client text as an answer may echo it: cut to `limit` characters, and always encodable (a lone
+    surrogate or a control character is written as an escape)."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[: limit + 1])
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def shown(value, limit: int = 60) -> str:
+    """A client's value in a message, quoted like repr() and clipped."""
+    if isinstance(value, str):
+        return f"'{clipped(value, limit)}'"
+    try:
+        text = repr(value)
+    except ValueError:  # an integer too long to print
+        text = type(value).__name__
+    return clipped(text, limit)
 
 
 def load_predictor() -> str | None:
@@ -105,7 +152,17 @@ async def lifespan(_: FastAPI):
     STATE.clear()
 
 
-api = FastAPI(title="Melanoma classifier", description=DESCRIPTION, version="1.0", lifespan=lifespan)
+# Swagger UI (/docs) loads its scripts from a public CDN; the service is meant for closed networks,
+# so it is off unless API_DOCS=1. The OpenAPI schema itself (/openapi.json) is always served.
+DOCS = os.environ.get("API_DOCS") == "1"
+api = FastAPI(
+    title="Melanoma classifier",
+    description=DESCRIPTION,
+    version="1.0",
+    lifespan=lifespan,
+    docs_url="/docs" if DOCS else None,
+    redoc_url=None,
+)
 
 
 class BodyTooLarge(Exception):
@@ -123,7 +180,19 @@ async def app(scope, receive, send):
             return
     if scope["type"] != "http":
         return await api(scope, receive, send)
-    await limited_request(scope, receive, send)
+    await limited_request(scope, receive, with_security_headers(send, scope.get("path", "")))
+
+
+def with_security_headers(send, path: str):
+    """Every answer carries SECURITY_HEADERS (Swagger UI, when API_DOCS=1, needs its CDN)."""
+    headers = SECURITY_HEADERS[1:] if DOCS and path == "/docs" else SECURITY_HEADERS
+
+    async def send_with_headers(message):
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *headers]}
+        await send(message)
+
+    return send_with_headers
 
 
 async def limited_request(scope, receive, send):
@@ -184,7 +253,7 @@ def read_image_upload(file: UploadFile) -> bytes:
     """The upload's bytes, checked for type, size, pixel count and aspect ratio before any decoding."""
     if file.content_type and file.content_type.split(";")[0].strip().lower() not in ACCEPTED_TYPES:
         raise HTTPException(
-            415, f"unsupported content type {file.content_type!r}; upload a JPEG or PNG image"
+            415, f"unsupported content type {shown(file.content_type)}; upload a JPEG or PNG image"
         )
     data = file.file.read(MAX_UPLOAD_BYTES + 1)
     if len(data) > MAX_UPLOAD_BYTES:
@@ -192,7 +261,7 @@ def read_image_upload(file: UploadFile) -> bytes:
     if not data:
         raise HTTPException(400, "empty upload (0 bytes)")
     try:
-        check_header(data, file.filename or "upload", MAX_PIXELS)
+        check_header(data, "upload", MAX_PIXELS)
     except ImageDecodeError as e:
         raise decode_error(e) from None
     return data
@@ -222,19 +291,29 @@ def model_info():
     info = predictor.info()
     report = report_folder(predictor) / "report.json"
     if report.is_file():  # the evaluation of the run's validation split, beside the checkpoint
-        r = json.loads(report.read_text())
-        info["evaluation"] = {
-            "roc_auc": r["metrics"]["roc_auc"],
-            "roc_auc_ci": r["ci95"].get("roc_auc"),
-            "pauc": r["metrics"]["pauc_tpr80"],
-            "pauc_ci": r["ci95"].get("pauc_tpr80"),
-            "set": r["set"]["description"],
-            "images": r["set"]["images"],
-        }
-        info["report"] = "/report/report.md"
+        try:
+            info["evaluation"] = evaluation_summary(
+                json.loads(read_regular_file(report, MAX_REPORT_JSON_BYTES))
+            )
+            info["report"] = "/report/report.md"
+        except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError):
+            info["evaluation"] = None  # the card still shows the model; the report cannot be read
     if "context" in STATE:
         info["context_stage"] = STATE["context"].info or {}
     return info
+
+
+def evaluation_summary(r: dict) -> dict:
+    summary = {
+        "roc_auc": r["metrics"]["roc_auc"],
+        "roc_auc_ci": r["ci95"].get("roc_auc"),
+        "pauc": r["metrics"]["pauc_tpr80"],
+        "pauc_ci": r["ci95"].get("pauc_tpr80"),
+        "set": r["set"]["description"],
+        "images": r["set"]["images"],
+    }
+    json.dumps(summary, allow_nan=False, ensure_ascii=False).encode()  # ValueError: not answerable
+    return summary
 
 
 def report_folder(predictor) -> Path:
@@ -243,10 +322,16 @@ def report_folder(predictor) -> Path:
 
 @api.get("/report/{name:path}", include_in_schema=False)
 def report_file(name: str):
-    """The evaluation report beside the checkpoint, read-only; nothing outside that folder."""
+    """The evaluation report beside the checkpoint, read-only; nothing outside that folder. Any
+    name that does not lead to one of its files (a NUL byte, a name too long for the file system,
+    a symlink loop) is a 404 like any other."""
     folder = report_folder(STATE["predictor"]).resolve()
-    path = (folder / name).resolve()
-    if not path.is_relative_to(folder) or not path.is_file() or path.suffix.lower() not in REPORT_TYPES:
+    try:
+        path = (folder / name).resolve()
+        found = path.is_relative_to(folder) and path.suffix.lower() in REPORT_TYPES and path.is_file()
+    except (OSError, ValueError, RuntimeError):
+        found = False
+    if not found:
         raise HTTPException(404, "no such report file")
     return FileResponse(path, media_type=REPORT_TYPES[path.suffix.lower()])
 
@@ -259,12 +344,13 @@ def predict(
     sex: str | None = Form(None, description="female or male (optional)"),
     site: str | None = Form(None, description="anatomic site, e.g. 'posterior torso' (optional)"),
 ):
-    meta = parse_metadata({"age": age, "sex": sex, "site": site}, file.filename or "upload")
+    name = clipped(file.filename) if file.filename else "upload"
+    meta = parse_metadata({"age": age, "sex": sex, "site": site}, name)
     data = read_image_upload(file)
     predictor = STATE["predictor"]
     try:
         with STATE["lock"]:
-            logit = predictor.logit_bytes(data, tta=tta, name=file.filename or "upload")
+            logit = predictor.logit_bytes(data, tta=tta)
     except ImageDecodeError as e:
         raise decode_error(e) from None
     result = predictor.decision(logit)
@@ -283,14 +369,14 @@ def triage(
     threshold, and its "ugly duckling" rank (1 = the image score that stands out most)."""
     if len(files) > MAX_TRIAGE_FILES:
         raise HTTPException(413, f"{len(files)} files; at most {MAX_TRIAGE_FILES} lesions per request")
-    names = [f.filename or f"file {i + 1}" for i, f in enumerate(files)]
+    names = [clipped(f.filename) if f.filename else f"file {i + 1}" for i, f in enumerate(files)]
     metas = parse_metadata_list(metadata, names)
     predictor, logits = STATE["predictor"], []
     for file, name in zip(files, names, strict=True):
         try:
             data = read_image_upload(file)
             with STATE["lock"]:
-                logits.append(predictor.logit_bytes(data, tta=tta, name=name))
+                logits.append(predictor.logit_bytes(data, tta=tta))
         except ImageDecodeError as e:
             raise HTTPException(decode_error(e).status_code, f"{name}: {decode_error(e).detail}") from None
         except HTTPException as e:  # which of the patient's files was refused
@@ -309,23 +395,21 @@ def triage(
 
 def parse_metadata(raw: dict, name: str) -> dict:
     """age, sex and site of one image, checked: a bad value is a 422 naming the file and the field;
-    an empty or absent one is missing (the trees handle missing values)."""
+    an empty or absent one is missing (the trees handle missing values). Ages follow the one rule
+    of every path (src/data/metadata.py: a number of years in 0-120)."""
     if not isinstance(raw, dict) or set(raw) - {"age", "sex", "site"}:
         raise HTTPException(422, f"{name}: metadata must be an object with only age, sex and site")
-    age, sex, site = (raw.get(k) for k in ("age", "sex", "site"))
-    if age not in (None, ""):
-        try:
-            age = float(age)
-        except (TypeError, ValueError):
-            raise HTTPException(422, f"{name}: age must be a number of years, not {age!r}") from None
-        if not 0 <= age <= 120:
-            raise HTTPException(422, f"{name}: age must be between 0 and 120, not {age:g}")
-    sex = str(sex or "").strip().lower()
-    if sex not in ("", *SEXES):
-        raise HTTPException(422, f"{name}: sex must be one of {SEXES} or empty, not {sex!r}")
-    if not isinstance(site, (str, type(None))) or len(site or "") > 100:
+    try:
+        age = age_in_years(raw.get("age"))
+    except ValueError as e:
+        raise HTTPException(422, f"{name}: age {e}, not {shown(raw.get('age'))}") from None
+    sex, site = raw.get("sex"), raw.get("site")
+    sex = sex.strip().lower() if isinstance(sex, str) else sex
+    if sex not in (None, "", *SEXES):
+        raise HTTPException(422, f"{name}: sex must be one of {SEXES} or empty, not {shown(sex)}")
+    if not isinstance(site, (str, type(None))) or len(site or "") > 100 or not (site or "").isprintable():
         raise HTTPException(422, f"{name}: site must be a short text such as 'posterior torso'")
-    return {"age": None if age in (None, "") else age, "sex": sex, "site": (site or "").strip().lower()}
+    return {"age": age, "sex": sex or "", "site": (site or "").strip().lower()}
 
 
 def parse_metadata_list(metadata: str | None, names: list[str]) -> list[dict]:
@@ -333,7 +417,7 @@ def parse_metadata_list(metadata: str | None, names: list[str]) -> list[dict]:
         return [parse_metadata({}, name) for name in names]
     try:
         items = json.loads(metadata)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, an integer of thousands of digits, or nested too deep
         raise HTTPException(
             422, "metadata must be a JSON list, one {age, sex, site} object per file"
         ) from None
@@ -390,7 +474,7 @@ def explain(file: UploadFile = File(..., description="JPEG or PNG image")):
         )
     try:
         with STATE["lock"]:  # decoding too: eight concurrent 49 MP decodes would take 2 GB at once
-            image = load_input_bytes(data, predictor.img_size, file.filename or "upload")
+            image = load_input_bytes(data, predictor.img_size, "upload")
             png = overlay_png(image, grad_cam(predictor.model, image))
     except ImageDecodeError as e:
         raise decode_error(e) from None

@@ -7,12 +7,16 @@ short side at least as large as needed, and then resized to the exact size.
 
 Images can also live inside an HDF5 file (the ISIC 2024 layout: one scalar dataset of JPEG bytes per
 image, keyed by isic_id). Such an image's path is "<file.hdf5>::<isic_id>"; every reader here accepts it.
+Only a dataset stored in that very file is read (no link, external storage or virtual dataset, which
+would read other files), and only one holding a bytes scalar or a 1-D uint8 array of a size an
+image can have; anything else is an unreadable member with the reason.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import re
 import struct
 from pathlib import Path
 
@@ -32,12 +36,21 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # evaluation, prediction, the service). ISIC originals are at most 24 MP and about 3:2.
 MAX_PIXELS = int(os.environ.get("MAX_PIXELS", "50000000"))
 MAX_ASPECT_RATIO = 10.0  # a 10,000x1 PNG of 109 bytes would otherwise become 2.2 GB at 224 px
-MAX_FILE_BYTES = 256 * 1024 * 1024  # read into memory whole; real originals are under 30 MB
+# Read into memory whole. Real originals are under 30 MB; no JPEG or PNG of MAX_PIXELS needs more than
+# 3 bytes a pixel, which also bounds what an HDF5 member may declare (a fill value of any size).
+MAX_FILE_BYTES = min(256 * 1024 * 1024, 3 * MAX_PIXELS + 1024 * 1024)
 
 
 HDF5_EXTENSIONS = (".hdf5", ".h5")
 MEMBER_SEP = "::"  # "train-image.hdf5::ISIC_0015657" is one image inside an HDF5 file
+# The file part ends at the first ".hdf5::" (or ".h5::"): a key may itself contain "::".
+_MEMBER = re.compile(r"(.*?\.(?:hdf5|h5))::(.*)", re.IGNORECASE | re.DOTALL)
 _open_hdf5: dict = {}  # file -> open h5py.File of this process (closed before any fork)
+
+
+class DataError(Exception):
+    """Any data problem worth a one-paragraph message and exit code 1 (an image source that cannot
+    be listed, bad labels...); every command catches it."""
 
 
 class ImageDecodeError(Exception):
@@ -74,22 +87,31 @@ def index_images(folder: str | Path) -> dict[str, str]:
 
 
 def index_hdf5(file: str | Path) -> dict[str, str]:
-    """id -> "<file>::<id>" for every dataset in an ISIC 2024 style HDF5 file. The file is closed
-    again: DataLoader workers open their own handle (an HDF5 handle must not cross a fork)."""
+    """id -> "<file>::<key>" for every name at the top of an ISIC 2024 style HDF5 file, read from the
+    link table alone: no member is opened and no link is followed (an external link would open
+    another file). What a name holds is checked when it is read. An id is the key without
+    surrounding spaces, as metadata ids are. The file is closed again: DataLoader workers open
+    their own handle (an HDF5 handle must not cross a fork)."""
     import h5py  # only needed for the ISIC 2024 layout
 
+    names: list[bytes] = []
     try:
         with h5py.File(file, "r") as f:
-            keys = [key for key, item in f.items() if isinstance(item, h5py.Dataset)]
-        return {key: f"{file}{MEMBER_SEP}{key}" for key in keys}
-    except OSError as e:
-        raise ImageDecodeError(f"cannot read {file} as HDF5: {e}") from None
+            f.id.links.iterate(names.append)
+    except (OSError, ValueError, RuntimeError) as e:  # not HDF5, truncated, a damaged name table
+        raise DataError(f"cannot read {file} as HDF5: {str(e).splitlines()[0]}") from None
+    found: dict[str, str] = {}
+    for raw in names:
+        key = raw.decode("utf-8", "replace")
+        if key.strip() and key.strip() not in found:
+            found[key.strip()] = f"{file}{MEMBER_SEP}{key}"
+    return found
 
 
 def hdf5_member(path: str | Path) -> tuple[str, str] | None:
     """(file, key) when `path` names an image inside an HDF5 file, else None."""
-    file, sep, key = str(path).rpartition(MEMBER_SEP)
-    return (file, key) if sep and file.lower().endswith(HDF5_EXTENSIONS) else None
+    match = _MEMBER.fullmatch(str(path))
+    return (match.group(1), match.group(2)) if match else None
 
 
 def _hdf5_file(file: str):
@@ -137,31 +159,78 @@ def read_image_bytes(path: str | Path) -> bytes:
     member = hdf5_member(path)
     try:
         if member:
-            dataset = _hdf5_file(member[0])[member[1]]
-            if dataset.nbytes > MAX_FILE_BYTES:
-                raise ImageTooLarge(f"{path}: {dataset.nbytes:,} bytes, above the limit {MAX_FILE_BYTES:,}")
-            return bytes(dataset[()])
+            return _read_member(_image_dataset(*member, name=str(path)), member[0], str(path))
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if size > MAX_FILE_BYTES:
                 raise ImageTooLarge(f"{path}: file is {size:,} bytes, above the limit of {MAX_FILE_BYTES:,}")
             return f.read()
-    except (OSError, KeyError) as e:  # missing, unreadable, a directory, a symlink loop, no such key...
+    except (OSError, KeyError, ValueError, RuntimeError) as e:  # missing, unreadable, a folder, a
+        # symlink loop, no such key, a NUL in the name, an HDF5 structure h5py cannot read...
         raise ImageDecodeError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
 
 
 def file_stamp(path: str | Path) -> tuple[int, int]:
-    """(size, mtime_ns) that changes when the image changes; for an HDF5 member, its own size
+    """(size, mtime_ns) that changes when the image changes; for an HDF5 member, its declared size
     and the file's modification time. Raises OSError when it cannot be read."""
     member = hdf5_member(path)
     if member:
         try:
-            size = _hdf5_file(member[0])[member[1]].nbytes
-        except KeyError as e:
+            size = _image_dataset(*member, name=str(path)).nbytes
+        except (KeyError, ValueError, RuntimeError, ImageDecodeError) as e:
             raise OSError(f"{path}: {e}") from None
         return size, os.stat(member[0]).st_mtime_ns
     st = os.stat(path)
     return st.st_size, st.st_mtime_ns
+
+
+def _image_dataset(file: str, key: str, name: str):
+    """The member `key` of `file` if it can hold an image stored in this very file: a hard-linked
+    dataset, without external storage, not virtual, of a bytes scalar or a 1-D uint8 array, and
+    with bytes actually stored. Otherwise ImageDecodeError says what it is instead."""
+    import h5py
+
+    f = _hdf5_file(file)
+    link = f.get(key, getlink=True)
+    if link is None:
+        raise KeyError(f"no member {key!r}")
+    if not isinstance(link, h5py.HardLink):
+        kind = "an external link" if isinstance(link, h5py.ExternalLink) else "a soft link"
+        raise ImageDecodeError(f"{name}: {kind}, not an image stored in this file")
+    dataset = f[key]
+    if not isinstance(dataset, h5py.Dataset):
+        raise ImageDecodeError(f"{name}: a group, not an image")
+    storage = dataset.id.get_create_plist()
+    if storage.get_layout() == h5py.h5d.VIRTUAL or storage.get_external_count():
+        raise ImageDecodeError(f"{name}: its bytes are stored in other files (virtual or external storage)")
+    bytes_scalar = dataset.shape == () and (
+        (dataset.dtype.kind in "SV" and dataset.dtype.names is None and dataset.dtype.subdtype is None)
+        or h5py.check_vlen_dtype(dataset.dtype) in (bytes, str, np.dtype(np.uint8))
+    )
+    if not (bytes_scalar or (dataset.ndim == 1 and dataset.dtype == np.uint8)):
+        shape = "no dataspace" if dataset.shape is None else f"shape {dataset.shape}"
+        raise ImageDecodeError(f"{name}: holds {dataset.dtype} ({shape}), not the bytes of an image")
+    if dataset.id.get_storage_size() == 0:
+        raise ImageDecodeError(f"{name}: no bytes stored (only a fill value)")
+    return dataset
+
+
+def _read_member(dataset, file: str, name: str) -> bytes:
+    """The dataset's bytes, refused before reading when they are more than an image can need."""
+    import h5py
+
+    size = dataset.nbytes
+    if h5py.check_vlen_dtype(dataset.dtype) is not None:  # the length is the first 4 bytes on disk
+        offset = dataset.id.get_offset()
+        if offset is None:
+            raise ImageDecodeError(f"{name}: variable-length bytes not stored contiguously")
+        with open(file, "rb") as f:
+            head = os.pread(f.fileno(), 4, offset)
+        size = struct.unpack("<I", head)[0] if len(head) == 4 else MAX_FILE_BYTES + 1
+    if size > MAX_FILE_BYTES:
+        raise ImageTooLarge(f"{name}: {size:,} bytes, above the limit {MAX_FILE_BYTES:,}")
+    value = dataset[()]
+    return value.tobytes() if isinstance(value, np.ndarray) else bytes(value)
 
 
 def _entries(folder) -> list[os.DirEntry]:

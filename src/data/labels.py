@@ -16,7 +16,8 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from src.data.images import (
+from src.data.images import (  # DataError is raised here and re-exported for the commands
+    DataError,
     ImageDecodeError,
     decode_image,
     hdf5_member,
@@ -38,10 +39,6 @@ Get the ISIC 2020 training data (33,126 dermoscopy images, CC-BY-NC) with either
       train.csv -> data/metadata.csv
 Check it with:      python src/data/check.py
 Or try the pipeline on synthetic data first:  python src/training/train.py --demo"""
-
-
-class DataError(Exception):
-    """Any data problem worth a one-paragraph message and exit code 1."""
 
 
 @dataclass

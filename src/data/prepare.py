@@ -25,7 +25,7 @@ import cv2
 from tqdm import tqdm
 
 from src.data.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
-from src.data.images import ImageDecodeError, decode_image, decoding_pool, file_stamp, index_images
+from src.data.images import DataError, ImageDecodeError, decode_image, decoding_pool, file_stamp, index_images
 from src.data.labels import CACHE_INFO
 
 JPEG_QUALITY = 95  # high: the cache feeds training, and re-encoding artefacts would be learned
@@ -147,7 +147,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         stats = prepare_cache(args.images, args.out, args.size, args.workers)
-    except PrepareError as e:
+    except (PrepareError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     rate = f", {stats['images_per_s']} images/s" if stats["images_per_s"] is not None else ""

@@ -11,6 +11,7 @@ import time
 import lightgbm as lgb
 import numpy as np
 import pytest
+from test_serve import start_and_fail
 
 from src.data.splits import assign_folds
 from src.training import context as C
@@ -199,15 +200,7 @@ def test_commands_stop_with_one_error_line(trained, trained_run, demo_dir, tmp_p
     )  # fmt: skip
     assert r.returncode == 1 and r.stderr.startswith("error: cannot load context model"), r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "p.csv").exists()
-    env = {**os.environ, "MODEL_PATH": str(trained_run[1]), "CONTEXT_MODEL": str(crafted)}
-    r = subprocess.run(
-        [sys.executable, "src/inference/serve.py", "--port", "0"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = start_and_fail(trained_run[1], "src/inference/serve.py", CONTEXT_MODEL=str(crafted))
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert r.returncode == 3 and len(errors) == 1 and "do not form one tree" in errors[0], r.stderr
 

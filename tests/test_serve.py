@@ -272,7 +272,7 @@ def test_onnx_model_is_served_too(trained_run, demo_dir, tmp_path):
     )
 
 
-def start_and_fail(model_path, *command):
+def start_and_fail(model_path, *command, **env):
     """Start the service (plain uvicorn unless a command is given) on a model it must refuse."""
     command = command or ("-m", "uvicorn", "src.inference.serve:app")
     return subprocess.run(
@@ -280,8 +280,8 @@ def start_and_fail(model_path, *command):
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=60,
-        env={**os.environ, "MODEL_PATH": str(model_path)},
+        timeout=120,
+        env={**os.environ, "MODEL_PATH": str(model_path), **env},
     )
 
 

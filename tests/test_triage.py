@@ -2,21 +2,16 @@
 with a fused context model: every lesion's risk, the ugly-duckling rank, and 4xx for bad metadata."""
 
 import json
-import os
-import subprocess
-import sys
 
 import httpx
 import numpy as np
 import pytest
-from test_serve import start_service, stop_service
+from test_serve import start_and_fail, start_service, stop_service
 
 from src.data.metadata import read_metadata
 from src.data.splits import assign_folds
 from src.inference.predictor import Predictor
 from src.training.context import train_context
-
-from helpers import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -154,17 +149,7 @@ def test_triage_without_a_context_model_ranks_by_the_image(trained_run, demo_dir
 
 
 def test_a_context_model_without_image_scores_stops_start_up(trained_run, context_model):
-    env = {
-        **os.environ,
-        "MODEL_PATH": str(trained_run[1]),
-        "CONTEXT_MODEL": str(context_model / "alone.json"),
-    }
-    r = subprocess.run(
-        [sys.executable, "src/inference/serve.py", "--port", "0"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    r = start_and_fail(
+        trained_run[1], "src/inference/serve.py", CONTEXT_MODEL=str(context_model / "alone.json")
     )
     assert r.returncode == 3 and "trained without image scores" in r.stderr, r.stderr

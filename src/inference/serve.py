@@ -15,7 +15,9 @@ card with a link to the evaluation report (`GET /report/...`, read-only, the che
 folder only). The model is loaded once at start-up; one that cannot be loaded stops start-up.
 Requests are served from a thread pool and decoding and inference are serialised by one lock, so
 concurrent requests are safe and memory stays bounded. Bad input gets a 4xx with a JSON
-{"detail": ...} message; it never kills the worker.
+{"detail": ...} message; it never kills the worker. Every answer carries security headers (a
+content-security policy that pins the page's own script and style); API_DOCS=1 turns on Swagger UI
+at /docs, which loads from a public CDN.
 """
 
 from __future__ import annotations

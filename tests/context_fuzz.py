@@ -16,6 +16,7 @@ import os
 import sys
 from pathlib import Path
 
+import lightgbm as lgb  # imported here, used only in children: importing starts no OpenMP thread
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -64,8 +65,7 @@ def mutate_text(text: str, rng) -> tuple[str, str]:
     return f"duplicated line {i}", "\n".join(lines[: i + 1] + lines[i:])
 
 
-def load_and_score(path: str) -> dict:
-    table, logits = table_and_logits()
+def load_and_score(path: str, table, logits) -> dict:
     try:
         model = ContextModel.load(path)
     except ContextError as e:
@@ -78,8 +78,6 @@ def load_and_score(path: str) -> dict:
 
 
 def lightgbm_margins(boosters: list[str], x: np.ndarray) -> np.ndarray:
-    import lightgbm as lgb
-
     # LightGBM locates trees by tree_sizes when given; without it, by their "Tree=" lines.
     texts = ["\n".join(s for s in b.split("\n") if not s.startswith("tree_sizes=")) for b in boosters]
     return np.mean([lgb.Booster(model_str=t).predict(x, raw_score=True) for t in texts], axis=0)
@@ -119,12 +117,13 @@ def main(model_path: str, mutants: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     body = json.loads(Path(model_path).read_text())
     work = Path(model_path).with_name("mutant.json")
+    table, logits = table_and_logits()
     for _ in range(mutants):
         k = int(rng.integers(len(body["boosters"])))
         what, text = mutate_text(body["boosters"][k], rng)
         mutant = {**body, "boosters": [text if i == k else b for i, b in enumerate(body["boosters"])]}
         work.write_text(json.dumps(mutant))
-        result = in_child(load_and_score, str(work))
+        result = in_child(load_and_score, str(work), table, logits)
         row = {"mutation": f"booster {k}: {what}", "outcome": result["outcome"]}
         row |= {"reason": result.get("reason"), "lightgbm": None}
         if result["outcome"] == "finite":

@@ -18,7 +18,9 @@ RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch>=2.4" "t
 COPY requirements.txt .
 RUN pip install -r requirements.txt
 
+COPY pyproject.toml README.md LICENSE ./
 COPY src/ src/
+RUN pip install --no-deps .
 RUN useradd --create-home --uid 10001 app
 USER app
 

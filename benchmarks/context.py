@@ -16,16 +16,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402 - after the path set-up
-
-from src.data.metadata import read_metadata, split_groups  # noqa: E402
-from src.data.splits import assign_folds  # noqa: E402
-from src.training import metrics as M  # noqa: E402
-from src.training.context import score_summary, summary_line, train_context  # noqa: E402
+from src.core import metrics as M
+from src.data.metadata import read_metadata, split_groups
+from src.data.splits import assign_folds
+from src.training.context import score_summary, summary_line, train_context
 
 
 def subsample(table, patients: int, seed: int):

@@ -19,10 +19,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from throughput import make_cache  # benchmarks/ is the script's folder
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from the repository root
-
-from benchmarks.throughput import make_cache
 from src.data.dedup import DIM, fingerprints, near_pairs
 from src.data.images import index_images
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The issue-6 GPU check, prepared to run once on an H100/H200 (about 4 minutes):
+# The GPU check, prepared to run once on an H100/H200 (a few minutes):
 # a synthetic 20,000-image cache at 256 px, then model-only, data-only and end-to-end images/s at
 # batch 256, bf16, channels_last, eager and compiled. Needs only PyTorch, torchvision, OpenCV,
 # pandas, scikit-learn and tqdm. Copy the printed JSON lines into docs/performance.md.

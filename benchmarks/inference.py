@@ -21,12 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from the repository root
-
+from src.core.checkpoint import load_checkpoint, model_from_checkpoint
+from src.core.metrics import roc_auc
 from src.inference.export import export_onnx, quantize_int8, real_inputs, settings_of
 from src.inference.predictor import Predictor
-from src.training.checkpoint import load_checkpoint, model_from_checkpoint
-from src.training.metrics import roc_auc
 
 ROOT = Path(__file__).resolve().parents[1]
 

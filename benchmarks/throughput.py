@@ -25,8 +25,7 @@ import cv2
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from the repository root
-
+from src.core.model import build_model
 from src.data.atomic import atomic_write_json
 from src.data.demo import draw_image
 from src.data.images import decode_image, index_images, naive_decode
@@ -35,7 +34,6 @@ from src.data.loader import EpochSampler, ImageDataset, default_workers, make_lo
 from src.data.prepare import prepare_cache
 from src.data.transforms import augment_batch
 from src.training.engine import Runtime, make_loss, train_one_epoch
-from src.training.model import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,12 +19,9 @@ from pathlib import Path
 import lightgbm as lgb  # imported here, used only in children: importing starts no OpenMP thread
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from src.core.context_model import ContextError, ContextModel
 
-from src.training.context import ContextError, ContextModel  # noqa: E402
-
-from helpers import patients_table  # noqa: E402
+from helpers import patients_table
 
 TREE_FIELDS = ["left_child", "right_child", "split_feature", "decision_type", "threshold", "leaf_value"]
 TREE_FIELDS += ["num_leaves", "num_cat", "cat_boundaries", "cat_threshold", "is_linear"]

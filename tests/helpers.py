@@ -11,7 +11,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ISIC_SHARED", ROOT.parent / "shared" / "isic-real"))
-sys.path.insert(0, str(ROOT))
 
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real ISIC files not found at {SHARED}")
 

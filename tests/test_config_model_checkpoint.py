@@ -6,16 +6,16 @@ import urllib.error
 import pytest
 import torch
 
-from src.training.checkpoint import FORMAT, CheckpointError, load_checkpoint, load_model, save_checkpoint
-from src.training.config import ConfigError, apply_overrides
-from src.training.engine import Runtime
-from src.training.model import (
+from src.core.checkpoint import FORMAT, CheckpointError, load_checkpoint, load_model, save_checkpoint
+from src.core.model import (
     MelanomaNet,
     WeightsUnavailable,
     build_model,
     imagenet_weights,
     weights_cache_path,
 )
+from src.core.runtime import Runtime
+from src.training.config import ConfigError, apply_overrides
 
 DEFAULTS = {"BATCH_SIZE": 32, "LEARNING_RATE": 0.001, "AMP": True, "ARCH": "resnet50"}
 
@@ -73,7 +73,7 @@ def cache_under_its_hash(monkeypatch, state) -> None:
     import shutil
     import types
 
-    import src.training.model as model_module
+    import src.core.model as model_module
 
     path = weights_cache_path(imagenet_weights("resnet50"))
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -61,7 +61,7 @@ def test_patient_context_adds_to_metadata_alone(real2020):
     folds = assign_folds(real2020, 5, 0, split_groups(real2020))
     _, oof = C.train_context(real2020, folds)
     y = real2020["target"].to_numpy()
-    from src.training.metrics import roc_auc
+    from src.core.metrics import roc_auc
 
     assert roc_auc(y, oof) > 0.7  # metadata alone reaches about 0.67 on ISIC 2020
 

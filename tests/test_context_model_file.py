@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from test_serve import start_and_fail
 
+from src.core.trees import Forest, TreeModelError
 from src.data.splits import assign_folds
 from src.training import context as C
-from src.training.trees import Forest, TreeModelError
 
 from helpers import ROOT, patients_table, run_script
 
@@ -182,7 +182,7 @@ def test_huge_files_and_fifos_are_refused_before_reading(tmp_path):
         [
             sys.executable,
             "-c",
-            f"from src.training.context import ContextModel; ContextModel.load({str(fifo)!r})",
+            f"from src.core.context_model import ContextModel; ContextModel.load({str(fifo)!r})",
         ],
         cwd=ROOT,
         capture_output=True,

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 
+from src.core.model import MelanomaNet
 from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD, load_input
-from src.training.model import MelanomaNet
 
 from helpers import gradient_image, run_script, write_jpeg
 

@@ -41,6 +41,7 @@ def test_every_documented_command_answers_help(script, monkeypatch, capsys):
     import sys
 
     monkeypatch.setattr(sys, "argv", [str(ROOT / script), "--help"])
+    monkeypatch.syspath_prepend(str((ROOT / script).parent))  # as Python does for a script
     with pytest.raises(SystemExit) as done:
         runpy.run_path(str(ROOT / script), run_name="__main__")
     out = capsys.readouterr().out

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from src.training import metrics as M
-from src.training.checkpoint import load_checkpoint
+from src.core import metrics as M
+from src.core.checkpoint import load_checkpoint
 
 from helpers import SHARED, needs_shared, run_script
 

@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from src.core.checkpoint import load_model
+from src.core.metrics import roc_auc
 from src.data.transforms import load_input
 from src.inference.predictor import Predictor
-from src.training.checkpoint import load_model
-from src.training.metrics import roc_auc
 
 from helpers import run_script
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk
 
-from src.training import metrics as m
+from src.core import metrics as m
 
 
 def isic2024_pauc(y, s, min_tpr=0.8):

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 import torch
 
+from src.core.checkpoint import load_checkpoint, model_from_checkpoint
 from src.data.splits import read_split, split_digest
-from src.training.checkpoint import load_checkpoint, model_from_checkpoint
 from src.training.oof import OOFError, check_one_split
 
 from helpers import run_script, tiny_train_args

@@ -319,8 +319,8 @@ def damaged_checkpoint(trained_run, tmp_path, field, value):
     ],
 )
 def test_every_checkpoint_field_is_validated(trained_run, tmp_path, field, value, message):
+    from src.core.checkpoint import CheckpointError
     from src.inference.predictor import Predictor
-    from src.training.checkpoint import CheckpointError
 
     with pytest.raises(CheckpointError, match=re.escape(message)):
         Predictor(damaged_checkpoint(trained_run, tmp_path, field, value))
@@ -399,8 +399,8 @@ def test_explain_memory_stays_flat():
 
     import torch
 
+    from src.core.model import MelanomaNet
     from src.inference.gradcam import grad_cam
-    from src.training.model import MelanomaNet
 
     model, image = MelanomaNet("resnet18").eval(), torch.randint(0, 255, (3, 32, 32), dtype=torch.uint8)
 

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from src.training.checkpoint import load_checkpoint, load_model, save_checkpoint
+from src.core.checkpoint import load_checkpoint, load_model, save_checkpoint
 
 from helpers import ROOT, run_script, tiny_train_args
 
@@ -190,9 +190,9 @@ def test_two_process_gloo_run_matches_single_process_evaluation(demo_dir, tmp_pa
     # recompute it in one process from the saved checkpoint and split.
     import pandas as pd
 
+    from src.core.metrics import roc_auc
+    from src.core.runtime import Runtime, predict
     from src.data.loader import ImageDataset, make_loader
-    from src.training.engine import Runtime, predict
-    from src.training.metrics import roc_auc
 
     model, ckpt = load_model(out / h["best_checkpoint"])
     split = pd.read_csv(out / "split.csv", dtype={"image_name": str})
@@ -329,8 +329,8 @@ def test_ctrl_c_during_a_save_waits_for_the_save_to_finish(tmp_path, monkeypatch
     # A Ctrl-C that landed mid-save once ended in an ImportError traceback and exit code 1.
     import signal
 
+    from src.core.model import MelanomaNet
     from src.training import run as run_module
-    from src.training.model import MelanomaNet
 
     real_plot = run_module.plot_training_curves
 

@@ -13,21 +13,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
-
-if __name__ == "__main__":  # run as a script: make `src` importable from the repository root
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from src.data.labels import (
     DEFAULT_IMAGES,
     DEFAULT_METADATA,
-    DataError,
     LabeledImages,
     find_unreadable,
     load_labeled_images,
 )
 from src.data.metadata import MALIGNANT_POLICIES, invalid_ages_note
-from src.data.splits import SplitError, grouping_description, make_split, split_summary
+from src.data.splits import grouping_description, make_split, split_summary
+from src.errors import command
 
 MALIGNANT_NOTE = {
     "negative": "counted as benign (--malignant-non-melanoma=positive counts them)",
@@ -112,6 +108,7 @@ def print_report(report: dict) -> None:
         print(f"leak check:    no group in both splits ({report['grouping']})")
 
 
+@command
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Check an ISIC dataset before training.")
     parser.add_argument("--metadata", default=DEFAULT_METADATA, help="label CSV(s), comma-separated")
@@ -125,20 +122,16 @@ def main(argv=None) -> int:
     parser.add_argument("--decode", action="store_true", help="fully decode every image (slow)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
-    try:
-        data = load_labeled_images(
-            args.metadata,
-            args.images,
-            duplicates_csv=args.duplicates,
-            malignant_non_melanoma=args.malignant_non_melanoma,
-            skip_missing=args.skip_missing,
-        )
-        report = dataset_report(
-            data, args.val_fraction, args.fold, args.seed, args.decode, args.malignant_non_melanoma
-        )
-    except (DataError, SplitError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    data = load_labeled_images(
+        args.metadata,
+        args.images,
+        duplicates_csv=args.duplicates,
+        malignant_non_melanoma=args.malignant_non_melanoma,
+        skip_missing=args.skip_missing,
+    )
+    report = dataset_report(
+        data, args.val_fraction, args.fold, args.seed, args.decode, args.malignant_non_melanoma
+    )
     print(json.dumps(report, indent=2)) if args.json else print_report(report)
     if report["unreadable"]:
         print(

@@ -18,14 +18,12 @@ import argparse
 import sys
 from pathlib import Path
 
-if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
 import cv2
 import numpy as np
 import pandas as pd
 
 from src.data.atomic import atomic_write_bytes, atomic_write_text
+from src.errors import command
 
 SITES = ["torso", "lower extremity", "upper extremity", "head/neck", "palms/soles", "oral/genital"]
 VERSION = "2"  # bump when the drawings or the table change: an older data/demo is then redrawn
@@ -156,6 +154,7 @@ def make_demo_dataset(
     return out / "metadata.csv"
 
 
+@command
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Write the SYNTHETIC demo dataset (ISIC 2020 layout).")
     parser.add_argument("--out", default="data/demo")

@@ -79,8 +79,8 @@ class EpochSampler(Sampler):
 
 def default_workers(requested: int = -1) -> int:
     """DataLoader processes; -1: three quarters of the CPU cores, at most 12. The main process needs
-    cores too (it launches every CUDA kernel): on a 16-core H200 host, 16 workers gave 2,528
-    images/s end to end and 8 or 12 gave 3,216 and 3,231 (docs/performance.md)."""
+    cores too (it launches every CUDA kernel), so one worker per core is slower than fewer
+    (measured: docs/performance.md)."""
     return min(12, max(1, (os.cpu_count() or 1) * 3 // 4)) if requested < 0 else requested
 
 

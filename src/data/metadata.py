@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from src.errors import ProjectError
+
 COLUMNS = [
     "image_name",
     "target",
@@ -72,7 +74,7 @@ MELANOMA_DIAGNOSIS_2 = "Malignant melanocytic proliferations (Melanoma)"
 AGE_RANGE = (0.0, 120.0)
 
 
-class MetadataError(ValueError):
+class MetadataError(ProjectError, ValueError):
     """Bad or unreadable label file; the message is meant for the user as it is."""
 
 

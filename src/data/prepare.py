@@ -7,7 +7,7 @@ cache are skipped, unless their original changed since (size or modification tim
 OUT/sources.csv). Each file is written to a temporary name and renamed, so an interrupted run never
 leaves a half-written JPEG. Unreadable originals are listed in OUT/unreadable.csv and skipped.
 Training (train.py CACHE_DIR) uses the cache when its size is at least IMG_SIZE.
-ISIC 2020 (33,126 images, 24 GB) -> 512 px cache: about 2 GB.
+The cache is a small fraction of the originals' size (measured: docs/performance.md).
 """
 
 from __future__ import annotations
@@ -18,20 +18,18 @@ import sys
 import time
 from pathlib import Path
 
-if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
 import cv2
 from tqdm import tqdm
 
 from src.data.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
-from src.data.images import DataError, ImageDecodeError, decode_image, decoding_pool, file_stamp, index_images
+from src.data.images import ImageDecodeError, decode_image, decoding_pool, file_stamp, index_images
 from src.data.labels import CACHE_INFO
+from src.errors import ProjectError, command
 
 JPEG_QUALITY = 95  # high: the cache feeds training, and re-encoding artefacts would be learned
 
 
-class PrepareError(Exception):
+class PrepareError(ProjectError):
     pass
 
 
@@ -138,6 +136,7 @@ def report_unreadable(out_dir: Path, failed: dict[str, str]) -> None:
         (out_dir / "unreadable.csv").unlink(missing_ok=True)
 
 
+@command
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Resize ISIC originals into a training cache.")
     parser.add_argument("--images", default="data/isic")
@@ -145,11 +144,7 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=512, help="short side in pixels")
     parser.add_argument("--workers", type=int, default=0, help="processes (default: one per core)")
     args = parser.parse_args(argv)
-    try:
-        stats = prepare_cache(args.images, args.out, args.size, args.workers)
-    except (PrepareError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    stats = prepare_cache(args.images, args.out, args.size, args.workers)
     rate = f", {stats['images_per_s']} images/s" if stats["images_per_s"] is not None else ""
     print(
         f"{stats['written']} written, {stats['skipped_existing']} already there, "

@@ -17,6 +17,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from src.data.atomic import atomic_write_text
 from src.data.metadata import group_kinds, split_groups
+from src.errors import ProjectError
 
 # `group` is what the split keeps on one side: a patient id where the labels have one, else a
 # lesion ("lesion:..."), else the image itself ("image:..."); `group_kind` says which.
@@ -24,7 +25,7 @@ from src.data.metadata import group_kinds, split_groups
 SPLIT_COLUMNS = ["image_name", "group", "group_kind", "merged_groups", "target", "fold", "split"]
 
 
-class SplitError(ValueError):
+class SplitError(ProjectError, ValueError):
     pass
 
 

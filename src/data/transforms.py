@@ -3,7 +3,7 @@
 `load_input(path, size)` / `preprocess(image, size)` turn a file or a decoded RGB image into the
 model's input: a uint8 tensor (3, size, size), short side resized to `size` then centre-cropped.
 Validation, evaluation, prediction, serving and ONNX export all call it. Normalisation (ImageNet
-mean/std) is not done here but inside the model (src/training/model.py), so that uint8 crosses the
+mean/std) is not done here but inside the model (src/core/model.py), so that uint8 crosses the
 bus (4x less than float32), the GPU does the arithmetic, and an exported model carries it along.
 
 `augment_batch` adds training augmentation to a whole batch at once, on whatever device the batch

@@ -21,27 +21,24 @@ import sys
 import tempfile
 from pathlib import Path
 
-if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
 import numpy as np
 import torch
 
+from src.core.checkpoint import load_checkpoint, model_from_checkpoint
+from src.core.metrics import calibrated, roc_auc
+from src.core.run_data import own_validation_set
 from src.data.atomic import replace_atomically
 from src.data.images import index_images
 from src.data.labels import DataError
-from src.data.splits import SplitError
 from src.data.transforms import load_input
+from src.errors import ProjectError, command
 from src.inference.predictor import ONNX_INPUT, Predictor
-from src.training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-from src.training.evaluate import EvaluationError, own_validation_set
-from src.training.metrics import calibrated, roc_auc
 
 PARITY_TOLERANCE = 1e-4
 NEW_EXPORTER = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 9)
 
 
-class ExportError(Exception):
+class ExportError(ProjectError):
     """The export does not compute what the checkpoint computes."""
 
 
@@ -131,10 +128,9 @@ def quantize_int8(fp32_path: Path, out: Path, x: torch.Tensor, settings: dict) -
     """Static int8 (QDQ, per-channel weights), activation ranges calibrated on the images in x.
 
     reduce_range: weights in [-64, 64]. Without VNNI, ONNX Runtime's int8 kernels add pairs of
-    uint8 x int8 products in 16 bits (AVX2's vpmaddubsw), which saturate with full-range weights:
-    the same file then scores differently by CPU (a 1-epoch demo model on its 1,200 images: AUC
-    0.7403 under QEMU's Haswell, 0.7239 on AVX-512 VNNI, fp32 0.7259). With 7-bit weights a pair
-    sum fits, and both CPUs gave bit-identical logits (AUC 0.7253)."""
+    uint8 x int8 products in 16 bits (AVX2's vpmaddubsw), which saturate with full-range weights,
+    so the same file would score differently by CPU. With 7-bit weights a pair sum fits and every
+    x86 CPU computes the same logits (measured: docs/deployment.md)."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -216,13 +212,10 @@ def export(args) -> dict:
     return result
 
 
+@command
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        result = export(args)
-    except (CheckpointError, DataError, SplitError, EvaluationError, ExportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    result = export(args)
     print(
         f"wrote {result['onnx']}: max |p_onnx - p_pytorch| = {result['parity_max_abs_diff']:.2e} "
         f"on {min(64, result['images'])} real images (tolerance {PARITY_TOLERANCE})"

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from src.training.model import MelanomaNet
+from src.core.model import MelanomaNet
 
 
 def grad_cam(model: MelanomaNet, image: torch.Tensor) -> np.ndarray:

@@ -23,22 +23,19 @@ import argparse
 import sys
 from pathlib import Path
 
-if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from src.core.context_model import ContextModel
 from src.data.atomic import atomic_write_bytes, atomic_write_text
 from src.data.images import HDF5_EXTENSIONS, IMAGE_EXTENSIONS, ImageDecodeError, decode_image, index_images
 from src.data.labels import DataError
 from src.data.loader import ImageDataset, default_workers, make_loader
-from src.data.metadata import MetadataError, invalid_ages_note, read_metadata, text
+from src.data.metadata import invalid_ages_note, read_metadata, text
 from src.data.transforms import load_input
+from src.errors import command
 from src.inference.predictor import Predictor
-from src.training.checkpoint import CheckpointError
-from src.training.context import ContextError, ContextModel
 
 
 def list_inputs(source: str, images: str | None) -> pd.DataFrame:
@@ -184,27 +181,24 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
+@command
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        predictor = Predictor(args.checkpoint)
-        rows = list_inputs(args.input, args.images)
-        context = ContextModel.load(args.context) if args.context else None
-        results = predict_table(predictor, rows, args.batch_size, args.workers, args.tta)
-        if context:
-            results = apply_context(context, rows, results)
-        text = (
-            submission(results, rows.attrs.get("id_column", "image_name"))
-            if args.submission
-            else results.drop(columns="logit").to_csv(index=False)
-        )
-        atomic_write_text(args.out, text)
-        if args.explain:
-            n = write_explanations(predictor, rows, results, Path(args.explain))
-            print(f"wrote {n} Grad-CAM overlays to {args.explain}/")
-    except (CheckpointError, DataError, MetadataError, ContextError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    predictor = Predictor(args.checkpoint)
+    rows = list_inputs(args.input, args.images)
+    context = ContextModel.load(args.context) if args.context else None
+    results = predict_table(predictor, rows, args.batch_size, args.workers, args.tta)
+    if context:
+        results = apply_context(context, rows, results)
+    text = (
+        submission(results, rows.attrs.get("id_column", "image_name"))
+        if args.submission
+        else results.drop(columns="logit").to_csv(index=False)
+    )
+    atomic_write_text(args.out, text)
+    if args.explain:
+        n = write_explanations(predictor, rows, results, Path(args.explain))
+        print(f"wrote {n} Grad-CAM overlays to {args.explain}/")
     for note in input_notes(rows, context):
         print(f"note: {note}", file=sys.stderr)
     bad = int((results["error"] != "").sum())

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from src.core.checkpoint import CheckpointError, check_settings, load_model, weights_digest
+from src.core.metrics import calibrated
+from src.core.runtime import Runtime
 from src.data.transforms import dihedral_views, load_input_bytes
-from src.training.checkpoint import CheckpointError, check_settings, load_model, weights_digest
-from src.training.engine import Runtime
-from src.training.metrics import calibrated
 
 ONNX_INPUT = "images"  # float32 (N, 3, S, S), RGB 0..255; normalisation is inside the graph
 

@@ -36,21 +36,19 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
 import numpy as np
 import pandas as pd
 from fastapi import FastAPI, File, Form, HTTPException, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from src.core.context_model import ContextModel
 from src.data.atomic import read_regular_file
 from src.data.images import MAX_PIXELS, ImageDecodeError, ImageTooLarge, check_header
 from src.data.metadata import COLUMNS, age_in_years
 from src.data.patient_context import ugly_duckling_rank
+from src.errors import ProjectError
 from src.inference.predictor import Predictor, default_threads
-from src.training.context import ContextModel
 
 MAX_UPLOAD_BYTES = int(float(os.environ.get("MAX_UPLOAD_MB", "20")) * 1024 * 1024)
 MULTIPART_OVERHEAD = 64 * 1024  # form boundaries and headers around the file itself
@@ -81,7 +79,6 @@ metadata (field `metadata`: a JSON list of {"age", "sex", "site"}, one per file)
 lesion's risk and its "ugly duckling" rank within the patient, the lesions above the threshold
 first. `POST /explain` returns a Grad-CAM overlay (PNG) of what the model looked at."""
 
-STATE: dict = {}
 MAX_REPORT_JSON_BYTES = 1024 * 1024
 
 
@@ -127,31 +124,49 @@ def shown(value, limit: int = 60) -> str:
     return clipped(text, limit)
 
 
-def load_predictor() -> str | None:
-    """Load MODEL_PATH into STATE; returns why it cannot be served, or None."""
+class StartupError(ProjectError):
+    """The model (or context model) named in the environment cannot be served."""
+
+
+def load_models() -> tuple[Predictor, ContextModel | None]:
     path = os.environ.get("MODEL_PATH")
     if not path:
-        return "set MODEL_PATH to a checkpoint (.pth) or an exported model (.onnx)"
+        raise StartupError("set MODEL_PATH to a checkpoint (.pth) or an exported model (.onnx)")
     try:
-        STATE["predictor"] = Predictor(path, threads=default_threads())
-        if os.environ.get("CONTEXT_MODEL"):
-            STATE["context"] = ContextModel.load(os.environ["CONTEXT_MODEL"])
-            if not STATE["context"].uses_image_score:
-                STATE.clear()
-                return (
-                    f"CONTEXT_MODEL {os.environ['CONTEXT_MODEL']} was trained without image scores "
-                    f"(context.py without --oof): it would ignore the images; serve a fused model"
-                )
+        predictor = Predictor(path, threads=default_threads())
+        context = ContextModel.load(os.environ["CONTEXT_MODEL"]) if os.environ.get("CONTEXT_MODEL") else None
     except Exception as e:  # any failure must stop start-up: never a service without a model
-        return str(e).splitlines()[0] if str(e) else type(e).__name__
-    STATE["lock"] = threading.Lock()
-    return None
+        raise StartupError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+    if context is not None and not context.uses_image_score:
+        raise StartupError(
+            f"CONTEXT_MODEL {os.environ['CONTEXT_MODEL']} was trained without image scores "
+            f"(context.py without --oof): it would ignore the images; serve a fused model"
+        )
+    return predictor, context
 
 
 @asynccontextmanager
-async def lifespan(_: FastAPI):
+async def lifespan(app: FastAPI):
+    """The models are loaded once, before the first request; one that cannot be loaded stops start-up."""
+    app.state.predictor, app.state.context = load_models()
+    app.state.lock = threading.Lock()  # decoding and inference, one request at a time
     yield
-    STATE.clear()
+    app.state.predictor = app.state.context = None
+
+
+class OneLineStartupError(logging.Filter):
+    """uvicorn logs a failed start-up with the lifespan's traceback; a StartupError is the user's
+    problem (a missing or refused model file), so it is logged as its one `error:` line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        lines = record.getMessage().strip().splitlines() or [""]
+        name, _, message = lines[-1].partition(": ")
+        if lines[0].startswith("Traceback") and name.rsplit(".", 1)[-1] == StartupError.__name__:
+            record.msg, record.args = f"error: {message}", ()
+        return True
+
+
+logging.getLogger("uvicorn.error").addFilter(OneLineStartupError())  # for `uvicorn src.inference.serve:app`
 
 
 # Swagger UI (/docs) loads its scripts from a public CDN; the service is meant for closed networks,
@@ -171,18 +186,21 @@ class BodyTooLarge(Exception):
     pass
 
 
-async def app(scope, receive, send):
-    """The ASGI entry point: model loading at start-up, then every HTTP request under the body limits."""
-    if scope["type"] == "lifespan" and "predictor" not in STATE:
-        error = load_predictor()
-        if error:
-            await receive()  # lifespan.startup
-            print(f"error: {error}", file=sys.stderr, flush=True)
-            await send({"type": "lifespan.startup.failed", "message": ""})
-            return
-    if scope["type"] != "http":
-        return await api(scope, receive, send)
-    await limited_request(scope, receive, with_security_headers(send, scope.get("path", "")))
+class UploadLimits:
+    """ASGI middleware: every HTTP request under the body limits, every answer with SECURITY_HEADERS."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        send = with_security_headers(send, scope.get("path", ""))
+        await limited_request(self.app, scope, receive, send)
+
+
+api.add_middleware(UploadLimits)
+app = api  # what `uvicorn src.inference.serve:app` serves
 
 
 def with_security_headers(send, path: str):
@@ -197,7 +215,7 @@ def with_security_headers(send, path: str):
     return send_with_headers
 
 
-async def limited_request(scope, receive, send):
+async def limited_request(app, scope, receive, send):
     """Count body bytes as they arrive (chunked bodies have no Content-Length to trust) and give the
     whole body BODY_TIMEOUT_S; past either limit the request ends with a 413 or 408 at once,
     without spooling the rest to disk."""
@@ -228,7 +246,7 @@ async def limited_request(scope, receive, send):
         await send(message)
 
     try:
-        await api(scope, counted_receive, guarded_send)
+        await app(scope, counted_receive, guarded_send)
     except BodyTooLarge:
         pass
     if state["refused"] and not state["started"]:
@@ -275,7 +293,9 @@ def decode_error(e: ImageDecodeError) -> HTTPException:
 
 @api.get("/health")
 def health():
-    if "predictor" not in STATE:  # never report healthy without a model (Docker's health check reads this)
+    if (
+        getattr(api.state, "predictor", None) is None
+    ):  # never report healthy without a model (Docker's health check reads this)
         return JSONResponse({"status": "no model loaded", "model_loaded": False}, 503)
     return {"status": "ok", "model_loaded": True}
 
@@ -289,7 +309,7 @@ def page():
 
 @api.get("/model")
 def model_info():
-    predictor = STATE["predictor"]
+    predictor = api.state.predictor
     info = predictor.info()
     report = report_folder(predictor) / "report.json"
     if report.is_file():  # the evaluation of the run's validation split, beside the checkpoint
@@ -300,8 +320,8 @@ def model_info():
             info["report"] = "/report/report.md"
         except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError):
             info["evaluation"] = None  # the card still shows the model; the report cannot be read
-    if "context" in STATE:
-        info["context_stage"] = STATE["context"].info or {}
+    if api.state.context is not None:
+        info["context_stage"] = api.state.context.info or {}
     return info
 
 
@@ -327,7 +347,7 @@ def report_file(name: str):
     """The evaluation report beside the checkpoint, read-only; nothing outside that folder. Any
     name that does not lead to one of its files (a NUL byte, a name too long for the file system,
     a symlink loop) is a 404 like any other."""
-    folder = report_folder(STATE["predictor"]).resolve()
+    folder = report_folder(api.state.predictor).resolve()
     try:
         path = (folder / name).resolve()
         found = path.is_relative_to(folder) and path.suffix.lower() in REPORT_TYPES and path.is_file()
@@ -349,14 +369,14 @@ def predict(
     name = clipped(file.filename) if file.filename else "upload"
     meta = parse_metadata({"age": age, "sex": sex, "site": site}, name)
     data = read_image_upload(file)
-    predictor = STATE["predictor"]
+    predictor = api.state.predictor
     try:
-        with STATE["lock"]:
+        with api.state.lock:
             logit = predictor.logit_bytes(data, tta=tta)
     except ImageDecodeError as e:
         raise decode_error(e) from None
     result = predictor.decision(logit)
-    if "context" in STATE:
+    if api.state.context is not None:
         result["context"] = score_patient([logit], [meta])[0]
     return {**result, "model_version": predictor.version, "note": "not a medical device"}
 
@@ -373,11 +393,11 @@ def triage(
         raise HTTPException(413, f"{len(files)} files; at most {MAX_TRIAGE_FILES} lesions per request")
     names = [clipped(f.filename) if f.filename else f"file {i + 1}" for i, f in enumerate(files)]
     metas = parse_metadata_list(metadata, names)
-    predictor, logits = STATE["predictor"], []
+    predictor, logits = api.state.predictor, []
     for file, name in zip(files, names, strict=True):
         try:
             data = read_image_upload(file)
-            with STATE["lock"]:
+            with api.state.lock:
                 logits.append(predictor.logit_bytes(data, tta=tta))
         except ImageDecodeError as e:
             raise HTTPException(decode_error(e).status_code, f"{name}: {decode_error(e).detail}") from None
@@ -389,7 +409,7 @@ def triage(
     lesions.sort(key=lambda r: (-r["above_threshold"], -r["probability"]))
     return {
         "lesions": lesions,
-        "context_stage": "context" in STATE,
+        "context_stage": api.state.context is not None,
         "model_version": predictor.version,
         "note": "not a medical device",
     }
@@ -433,10 +453,10 @@ def parse_metadata_list(metadata: str | None, names: list[str]) -> list[dict]:
 def score_patient(logits: list[float], metas: list[dict]) -> list[dict]:
     """Risk of each lesion of one patient: the context stage when loaded (metadata and the patient's
     other lesions), else the image model's calibrated probability; plus the ugly-duckling rank."""
-    predictor, logits = STATE["predictor"], np.asarray(logits, dtype=np.float64)
+    predictor, logits = api.state.predictor, np.asarray(logits, dtype=np.float64)
     image_p = predictor.probabilities(logits)
     rank = ugly_duckling_rank(logits, np.zeros(len(logits)))  # one request, one patient
-    context = STATE.get("context")
+    context = api.state.context
     if context is None:
         p, threshold = image_p, predictor.threshold
     else:
@@ -469,13 +489,13 @@ def explain(file: UploadFile = File(..., description="JPEG or PNG image")):
     from src.inference.gradcam import grad_cam, overlay_png
 
     data = read_image_upload(file)
-    predictor = STATE["predictor"]
+    predictor = api.state.predictor
     if predictor.kind != "pytorch":
         raise HTTPException(
             409, "Grad-CAM needs a PyTorch checkpoint (.pth); this service runs an ONNX model"
         )
     try:
-        with STATE["lock"]:  # decoding too: eight concurrent 49 MP decodes would take 2 GB at once
+        with api.state.lock:  # decoding too: eight concurrent 49 MP decodes would take 2 GB at once
             image = load_input_bytes(data, predictor.img_size, "upload")
             png = overlay_png(image, grad_cam(predictor.model, image))
     except ImageDecodeError as e:
@@ -537,7 +557,7 @@ def main(argv=None) -> int:
     ap.add_argument("--port", type=int, default=8000)
     args = ap.parse_args(argv)
     config = uvicorn.Config(
-        app,
+        api,
         host=args.host,
         port=args.port,
         http=HeaderTimeoutProtocol,
@@ -547,6 +567,7 @@ def main(argv=None) -> int:
     )
     for name in ("uvicorn.error", "uvicorn.access", "asyncio"):
         logging.getLogger(name).addFilter(RateLimitedLog())
+    logging.getLogger("uvicorn.error").addFilter(OneLineStartupError())  # uvicorn.Config reset it
     server = uvicorn.Server(config)
     server.run()
     return 0 if server.started else 3

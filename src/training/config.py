@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from src.errors import ProjectError
+
 TRUE_WORDS, FALSE_WORDS = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(ProjectError, ValueError):
+    exit_code = 2  # a usage error, as argparse reports one
 
 
 def parse_value(name: str, text: str, default):

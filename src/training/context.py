@@ -6,30 +6,27 @@
 Trains LightGBM with the same patient-grouped folds as the image model (the folds in oof.csv; without
 it, 5 folds grouped by patient), so every image is scored by trees that never saw its patient. Writes to
 --out (default checkpoints/context/): context_model.json (LightGBM's text models in JSON, read back
-and evaluated by src/training/trees.py, never by LightGBM), oof.csv, report.json, report.md and
+and evaluated by src/core/trees.py, never by LightGBM), oof.csv, report.json, report.md and
 feature_importance.png. With --oof, the report puts image-only, context-only and fused side by side.
-On the real ISIC 2020 labels, without a single image: AUC 0.79, pAUC 0.076 (benchmarks/context.py;
-docs/context.md).
+What it reaches on the real ISIC 2020 labels without images: docs/context.md (benchmarks/context.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-
-if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import numpy as np
 import pandas as pd
 
-from src.data.atomic import atomic_write_json, atomic_write_text, read_regular_file
+from src.core import metrics as M
+from src.core.context_model import ContextError, ContextModel
+from src.core.metrics import MIN_SENSITIVITY, metric_fns, operating_metrics
+from src.core.trees import Forest
+from src.data.atomic import atomic_write_json, atomic_write_text
 from src.data.metadata import (
-    COLUMNS,
     MALIGNANT_POLICIES,
     MetadataError,
     measurement_columns,
@@ -37,16 +34,10 @@ from src.data.metadata import (
     split_groups,
     text,
 )
-from src.data.patient_context import context_features, has_lesion_ids, ugly_duckling_rank
+from src.data.patient_context import has_lesion_ids
 from src.data.splits import SplitError, assign_folds
-from src.training import metrics as M
-from src.training.checkpoint import finite_number
-from src.training.evaluate import MIN_SENSITIVITY, metric_fns, operating_metrics
-from src.training.trees import Forest
+from src.errors import command
 
-FORMAT = "melanoma-context-model/1"
-MAX_MODEL_BYTES = 64 * 1024 * 1024  # the 5-fold model of the real ISIC 2020 labels is 2.8 MB
-MAX_BOOSTERS = 100  # one per fold
 # Fixed, not tuned per run: shallow trees, slow learning, strong regularisation. A leaf must hold
 # enough melanomas to mean anything, so its minimum size follows the number of positives.
 PARAMS = {
@@ -61,124 +52,6 @@ PARAMS = {
     "num_threads": 0,
 }
 ROUNDS = 600
-
-
-class ContextError(Exception):
-    """Bad input or a bad model file; the message is meant for the user."""
-
-
-@dataclass
-class ContextModel:
-    """K boosted-tree models (one per fold, margins averaged) and what turns metadata into their inputs."""
-
-    boosters: list[Forest]
-    features: list[str]
-    sites: list[str]
-    measurements: list[str]
-    lesion_features: bool
-    uses_image_score: bool
-    temperature: float = 1.0
-    bias: float = 0.0
-    threshold: float = 0.5
-    info: dict | None = None
-
-    def features_for(self, table: pd.DataFrame, image_logit=None) -> pd.DataFrame:
-        """The trees' inputs: the one feature path of training, prediction and serving."""
-        if self.uses_image_score and image_logit is None:
-            raise ContextError("this context model uses the image score: give image logits too")
-        f = context_features(
-            table.drop(columns=["target"], errors="ignore"),
-            self.sites,
-            image_logit if self.uses_image_score else None,
-            self.lesion_features,
-            self.measurements,
-        )
-        return f.reindex(columns=self.features) if self.features else f
-
-    def margins(self, table: pd.DataFrame, image_logit=None) -> np.ndarray:
-        x = self.features_for(table, image_logit).to_numpy(dtype=np.float64)
-        return np.mean([b.raw_score(x) for b in self.boosters], axis=0)
-
-    def probabilities(self, table: pd.DataFrame, image_logit=None) -> np.ndarray:
-        return M.calibrated(self.margins(table, image_logit), self.temperature, self.bias)
-
-    def score(self, table: pd.DataFrame, image_logit=None) -> pd.DataFrame:
-        """Per row: the calibrated risk, 1 at or above the threshold, and the "ugly duckling" rank
-        (1 = the image score that stands out most among the same patient's lesions)."""
-        t = table.reset_index(drop=True)
-        p = self.probabilities(t, image_logit)
-        rank = ugly_duckling_rank(image_logit if image_logit is not None else p, split_groups(t))
-        return pd.DataFrame(
-            {"probability": p, "label": (p >= self.threshold).astype(int), "patient_rank": rank}
-        )
-
-    def save(self, path: Path) -> None:
-        body = {k: v for k, v in self.__dict__.items() if k != "boosters"}
-        body["boosters"] = [b.text for b in self.boosters]
-        atomic_write_json(path, {"format": FORMAT, **body})
-
-    @classmethod
-    def load(cls, path: str | Path) -> ContextModel:
-        """JSON with LightGBM's text models inside, read and checked here (src/training/trees.py):
-        nothing in the file runs code or reaches LightGBM's parser, and a file that could give
-        anything but a finite risk is refused with the reason (docs/serving.md lists the rules)."""
-        try:
-            body = json.loads(read_regular_file(path, MAX_MODEL_BYTES))
-            if not isinstance(body, dict) or body.get("format") != FORMAT:
-                raise ContextError(f"{path} is not a context model ({FORMAT})")
-            fields = checked_fields(body)
-            model = cls(**fields, boosters=[Forest.parse(text) for text in body["boosters"]])
-            model.check_features()
-            return model
-        except (OSError, ValueError, RecursionError) as e:  # TreeModelError and bad JSON are ValueErrors
-            reason = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
-            raise ContextError(f"cannot load context model {path}: {reason}") from None
-
-    def check_features(self) -> None:
-        """The trees' features are the ones this version computes from metadata, in the same order."""
-        probe = pd.DataFrame({c: [""] for c in COLUMNS}).drop(columns="target")
-        logit = np.zeros(1) if self.uses_image_score else None
-        computed = list(
-            context_features(probe, self.sites, logit, self.lesion_features, self.measurements).columns
-        )
-        if computed != self.features:
-            raise ValueError("its feature list is not the one these settings compute from metadata")
-        for k, booster in enumerate(self.boosters):
-            if booster.feature_names != self.features:
-                raise ValueError(f"booster {k} uses other features than the model lists")
-
-
-def checked_fields(body: dict) -> dict:
-    """The model's settings from its file, each of the right type and range (boosters aside)."""
-    fields = {k: v for k, v in body.items() if k not in ("format", "boosters")}
-    expected = {"features", "sites", "measurements", "lesion_features", "uses_image_score"}
-    expected |= {"temperature", "bias", "threshold", "info"}
-    if set(fields) != expected or "boosters" not in body:
-        raise ValueError(f"its fields must be exactly: boosters, {', '.join(sorted(expected))}")
-    texts = {"boosters": body["boosters"], **{k: fields[k] for k in ("features", "sites", "measurements")}}
-    for key, values in texts.items():
-        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-            raise ValueError(f"'{key}' must be a list of texts")
-        if key != "boosters" and (
-            len(set(values)) != len(values) or not all(v.isprintable() for v in values)
-        ):
-            raise ValueError(f"'{key}' must list distinct printable names")
-    if not 1 <= len(body["boosters"]) <= MAX_BOOSTERS or not fields["features"]:
-        raise ValueError(f"it needs 1 to {MAX_BOOSTERS} boosters and at least one feature")
-    if not all(isinstance(fields[k], bool) for k in ("lesion_features", "uses_image_score")):
-        raise ValueError("'lesion_features' and 'uses_image_score' must be true or false")
-    ok = {
-        "temperature": finite_number(fields["temperature"]) and fields["temperature"] > 0,
-        "bias": finite_number(fields["bias"]),
-        "threshold": finite_number(fields["threshold"]) and 0 <= fields["threshold"] <= 1,
-    }
-    bad = [k for k, good in ok.items() if not good]
-    if bad:
-        raise ValueError(f"{bad[0]} = {repr(fields[bad[0]])[:40]} is not valid (see docs/serving.md)")
-    if not isinstance(fields["info"], (dict, type(None))):
-        raise ValueError("'info' must be an object")
-    json.dumps(fields["info"], ensure_ascii=False).encode()  # text that cannot be echoed as UTF-8
-    return fields
 
 
 def fit_boosters(x: pd.DataFrame, y: np.ndarray, folds: np.ndarray):
@@ -389,13 +262,10 @@ def summary_line(name: str, stage: dict) -> str:
     )
 
 
+@command
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        report = run_context(args)
-    except (ContextError, SplitError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    report = run_context(args)
     print(f"{report['images']:,} images, {report['melanoma']:,} melanoma, {report['patients']:,} patients")
     for name, stage in report["stages"].items():
         print(summary_line(f"{name}-only" if name != "fused" else name, stage))

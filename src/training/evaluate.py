@@ -10,7 +10,7 @@ threshold with sensitivity >= 0.90), and saves them into the checkpoint, where p
 serving read them. With --metadata it evaluates any labelled set in a supported format, using the
 saved threshold and calibration (never refitting them on a test set).
 Writes report.json, report.md, predictions.csv and PNG plots to eval/ beside the checkpoint.
-About 1 minute for 6,600 images on one GPU; the bootstrap adds about 2 s per 1,000 resamples.
+How long it takes: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -21,79 +21,28 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
 import numpy as np
 import pandas as pd
 
+from src.core import metrics as M
+from src.core.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from src.core.metrics import MIN_SENSITIVITY, metric_fns, operating_metrics
+from src.core.run_data import RunDataError, own_validation_set, run_images
+from src.core.runtime import logits_for_table
 from src.data.atomic import atomic_write_json, atomic_write_text
 from src.data.dedup import fingerprints, near_pairs
 from src.data.labels import DataError, load_labeled_images
-from src.data.loader import ImageDataset, default_workers, make_loader
 from src.data.metadata import group_kinds, split_groups, text
-from src.data.splits import SplitError, read_split, split_digest
-from src.training import metrics as M
+from src.data.splits import SplitError
+from src.errors import ProjectError, command
 from src.training import report as R
-from src.training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
-from src.training.engine import Runtime, predict
 
 AGE_BANDS = [(0, 30, "<30"), (30, 45, "30-44"), (45, 60, "45-59"), (60, 75, "60-74"), (75, 200, "75+")]
-MIN_SENSITIVITY = 0.90  # the operating threshold rule: the highest threshold with at least this sensitivity
 MIN_CASES_FOR_AUC = 5  # per class: fewer melanomas (or benign) than this make an AUC meaningless
 
 
-# The training settings that say where the run's data came from; read from the checkpoint, never retyped.
-DATA_SETTINGS = ("METADATA_CSV", "DATA_DIR", "CACHE_DIR", "DUPLICATES_CSV", "MALIGNANT_NON_MELANOMA")
-
-
-class EvaluationError(Exception):
+class EvaluationError(ProjectError):
     pass
-
-
-def run_images(ckpt: dict, ckpt_path: Path, part: str) -> tuple[pd.DataFrame, Path]:
-    """The `part` ("train" or "val") images of the run that wrote the checkpoint, read with that run's
-    settings, and the split file they come from."""
-    c = ckpt.get("config", {})
-    split_path = ckpt_path.parent / ckpt.get("split_file", "split.csv")
-    split = read_split(split_path)
-    if ckpt.get("split_sha256") and split_digest(split_path) != ckpt["split_sha256"]:
-        raise EvaluationError(
-            f"{split_path} is not the split this model was trained with (its SHA-256 differs "
-            f"from the one in {ckpt_path.name}; was another run written to this folder?). "
-            f"Its 'validation' images may be training images of this model: refusing to "
-            f"evaluate on them. Pass an independent set with --metadata/--images."
-        )
-    missing = [k for k in DATA_SETTINGS if k not in c]
-    if missing:
-        raise EvaluationError(
-            f"{ckpt_path} does not record the training setting(s) {missing}, so its validation "
-            f"set cannot be rebuilt; evaluate a labelled set with --metadata/--images instead"
-        )
-    data = load_labeled_images(
-        c["METADATA_CSV"],
-        c["DATA_DIR"],
-        ckpt["img_size"],
-        c["CACHE_DIR"] or None,
-        c["DUPLICATES_CSV"] or None,
-        c["MALIGNANT_NON_MELANOMA"],
-        skip_missing=True,
-    )
-    names = split.loc[split["split"] == part, "image_name"]
-    table = data.table.set_index("image_name")
-    absent = [n for n in names if n not in table.index]
-    if absent:
-        raise EvaluationError(
-            f"{len(absent)} {part} images of {split_path} are not in the data "
-            f"({', '.join(absent[:5])}); was the data moved? Pass --metadata/--images."
-        )
-    return table.loc[names].reset_index(), split_path
-
-
-def own_validation_set(ckpt: dict, ckpt_path: Path) -> tuple[pd.DataFrame, str]:
-    """The validation images of the run that wrote the checkpoint, read with that run's settings."""
-    table, split_path = run_images(ckpt, ckpt_path, "val")
-    return table, f"the run's validation split ({split_path})"
 
 
 def near_copies_of_training(ckpt: dict, ckpt_path: Path, table: pd.DataFrame, out: Path) -> list[dict] | None:
@@ -101,7 +50,7 @@ def near_copies_of_training(ckpt: dict, ckpt_path: Path, table: pd.DataFrame, ou
     set that overlaps training is not external); None when the training images cannot be found."""
     try:
         train, _ = run_images(ckpt, ckpt_path, "train")
-    except (EvaluationError, SplitError, DataError):
+    except (RunDataError, SplitError, DataError):
         return None
     cache = ckpt["config"].get("CACHE_DIR")
     store = cache if cache and Path(cache).is_dir() else ckpt_path.parent
@@ -119,35 +68,6 @@ def external_set(metadata: str, images: str | None, img_size: int) -> tuple[pd.D
     images = images or str(Path(metadata).parent)
     data = load_labeled_images(metadata, images, img_size)
     return data.table, f"the labelled set {metadata} (images in {images})"
-
-
-def run_predictions(model, ckpt: dict, table: pd.DataFrame, args) -> dict:
-    rt, img_size = Runtime.for_inference(ckpt), ckpt["img_size"]
-    model = model.to(rt.device)
-    loader = make_loader(
-        ImageDataset(table["path"], table["target"], img_size),
-        args.batch_size,
-        workers=default_workers(args.workers),
-        pin_memory=rt.device.type == "cuda",
-    )
-    return predict(model, loader, rt, tta=args.tta, desc="evaluate")
-
-
-def operating_metrics(y, p, threshold, groups, n, seed) -> tuple[dict, dict]:
-    op = M.at_threshold(y, p, threshold)
-    keys = ("sensitivity", "specificity", "balanced_accuracy", "ppv", "npv", "f1")
-    fns = {k: (lambda a, b, k=k: M.at_threshold(a, b, threshold)[k]) for k in keys}
-    return op, M.bootstrap(y, p, groups, fns, n, seed)
-
-
-def metric_fns() -> dict:
-    """The threshold-free metrics of every report, each f(y, p) -> float: the one list."""
-    fns = {"roc_auc": M.roc_auc, "pauc_tpr80": M.partial_auc, "average_precision": M.average_precision}
-    for k in (80, 90, 95):
-        fns[f"sens_at_spec_{k}"] = lambda y, p, k=k: M.sensitivity_at_specificity(y, p, k / 100)
-        fns[f"spec_at_sens_{k}"] = lambda y, p, k=k: M.specificity_at_sensitivity(y, p, k / 100)
-    fns.update({"brier": M.brier_score, "ece": M.expected_calibration_error})
-    return fns
 
 
 UNKNOWN = "unknown"  # a missing age, sex or site is a subgroup of its own, reported like the others
@@ -370,7 +290,8 @@ def evaluate_checkpoint(args) -> dict:
         else ckpt_path.parent / "eval" / (Path(args.metadata).stem if args.metadata else "")
     )
     out.mkdir(parents=True, exist_ok=True)
-    table, logits, y, unreadable = readable_rows(table, run_predictions(model, ckpt, table, args))
+    pred = logits_for_table(model, ckpt, table, args.batch_size, args.workers, args.tta)
+    table, logits, y, unreadable = readable_rows(table, pred)
     cal = calibrate(ckpt, logits, y, args.metadata is None, args.min_sensitivity)
     if args.metadata is None:
         save_calibration(ckpt, ckpt_path, cal)  # what prediction, serving and export read
@@ -395,13 +316,10 @@ def evaluate_checkpoint(args) -> dict:
     return {**report, "out": str(out)}
 
 
+@command
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        report = evaluate_checkpoint(args)
-    except (CheckpointError, DataError, SplitError, EvaluationError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    report = evaluate_checkpoint(args)
     m, ci, op = report["metrics"], report["ci95"], report["operating_point"]
     print(
         f"{report['set']['images']} images, {report['set']['melanoma']} melanoma: ROC AUC {m['roc_auc']:.4f} "

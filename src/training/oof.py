@@ -18,22 +18,20 @@ import json
 import sys
 from pathlib import Path
 
-if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
 import pandas as pd
 
+from src.core import metrics as M
+from src.core.checkpoint import load_checkpoint, model_from_checkpoint
+from src.core.run_data import run_images
+from src.core.runtime import logits_for_table
 from src.data.atomic import atomic_write_text
-from src.data.labels import DataError
-from src.data.splits import SplitError, read_split
-from src.training import metrics as M
+from src.data.splits import read_split
+from src.errors import ProjectError, command
 from src.training import train as T
-from src.training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from src.training.context import OOF_COLUMNS
-from src.training.evaluate import EvaluationError, run_images, run_predictions
 
 
-class OOFError(Exception):
+class OOFError(ProjectError):
     pass
 
 
@@ -73,7 +71,7 @@ def score_fold(k: int, best: Path, args) -> tuple[pd.DataFrame, pd.DataFrame]:
     train_names = set(split.loc[split["split"] == "train", "image_name"])
     if train_names & set(table["image_name"]):
         raise OOFError(f"{split_path}: images in both the training and validation parts")
-    pred = run_predictions(model_from_checkpoint(ckpt), ckpt, table, args)
+    pred = logits_for_table(model_from_checkpoint(ckpt), ckpt, table, args.batch_size, args.workers, args.tta)
     ok = pred["ok"].astype(bool)
     if not ok.all():
         print(f"warning: fold {k}: {int((~ok).sum())} unreadable validation images left out", file=sys.stderr)
@@ -127,16 +125,13 @@ def parse_args(argv=None):
     return args, overrides
 
 
+@command
 def main(argv=None) -> int:
     args, overrides = parse_args(argv)
     out = Path(args.out)
-    try:
-        bests = [train_fold(k, args.folds, out, overrides, args.retrain) for k in range(args.folds)]
-        parts = [score_fold(k, best, args) for k, best in enumerate(bests)]
-        check_one_split([split for _, split in parts])
-    except (OOFError, EvaluationError, CheckpointError, DataError, SplitError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    bests = [train_fold(k, args.folds, out, overrides, args.retrain) for k in range(args.folds)]
+    parts = [score_fold(k, best, args) for k, best in enumerate(bests)]
+    check_one_split([split for _, split in parts])
     oof = pd.concat([scored for scored, _ in parts], ignore_index=True)[OOF_COLUMNS]
     atomic_write_text(out / "oof.csv", oof.to_csv(index=False))
     y = oof["target"].to_numpy()

@@ -10,7 +10,7 @@ matplotlib.use("Agg")  # before pyplot is imported: servers and CI have no displ
 import matplotlib.pyplot as plt  # noqa: E402 - must follow matplotlib.use
 import numpy as np  # noqa: E402 - isort keeps it beside pyplot
 
-from src.training import metrics as M  # noqa: E402 - same block
+from src.core import metrics as M  # noqa: E402 - same block
 
 DPI = 120
 

@@ -20,16 +20,17 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from src.core.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint, versions
 from src.data.atomic import atomic_write_json, remove_stale_temporaries
 from src.data.splits import SplitError, read_split, split_digest, write_split
 from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from src.training.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint, versions
+from src.errors import ProjectError
 from src.training.report import plot_training_curves
 
 SPLIT_FILE = "split.csv"
 
 
-class RunExists(Exception):
+class RunExists(ProjectError):
     pass
 
 

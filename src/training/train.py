@@ -1,7 +1,7 @@
 """Fine-tune an ImageNet ResNet50 to tell melanoma from benign skin lesions (ISIC 2020).
 
     python src/training/train.py                        # data/isic/ + data/metadata.csv -> checkpoints/
-    python src/training/train.py --demo                 # SYNTHETIC demo set, about 1 min on a 2-core CPU
+    python src/training/train.py --demo                 # SYNTHETIC demo set, random init, 64 px
     python src/training/train.py --NUM_EPOCHS=10 --BATCH_SIZE=64
     python src/training/train.py --RESUME=True          # continue from checkpoints/last.pth
     torchrun --nproc_per_node=4 src/training/train.py   # DistributedDataParallel on 4 GPUs
@@ -11,8 +11,8 @@ Splits keep each patient on one side, and the best epoch is chosen by validation
 means little at 1.76% melanoma; SELECT_BY="pauc" picks by the ISIC 2024 partial AUC instead).
 Writes to CHECKPOINT_DIR: best_model_epoch{N}.pth (everything inference needs), last.pth (for
 RESUME), training_history.json, training_curves.png and split.csv.
-The demo reaches validation AUC 0.86 in about 1.5 minutes on a 2-core CPU; on real data see README
-"Results". One epoch reads from four files: this one, engine.py (train_one_epoch, validate),
+How long it takes and what it reaches, measured (demo and real data): README "Results".
+One epoch reads from four files: this one, engine.py (train_one_epoch, validate),
 src/data/loader.py (the Dataset) and src/data/transforms.py (preprocessing and augmentation).
 """
 
@@ -27,28 +27,26 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from the repository root
-
+from src.core import distributed as dist
+from src.core.model import ARCHITECTURES, IMG_SIZE_RANGE, build_model
+from src.core.runtime import Runtime
 from src.data.dedup import fingerprints, near_pairs
 from src.data.demo import is_current as demo_is_current
 from src.data.demo import make_demo_dataset
 from src.data.labels import DataError, load_labeled_images
 from src.data.loader import EpochSampler, ImageDataset, default_workers, make_loader
 from src.data.metadata import MALIGNANT_POLICIES
-from src.data.splits import SplitError, folds_for_fraction, grouping_description, make_split, merge_summary
-from src.training import distributed as dist
-from src.training.checkpoint import CheckpointError
+from src.data.splits import folds_for_fraction, grouping_description, make_split, merge_summary
+from src.errors import command, error_line
 from src.training.config import ConfigError, apply_overrides
 from src.training.engine import (
     IMBALANCE_CHOICES,
     NonFiniteLoss,
-    Runtime,
     make_loss,
     train_one_epoch,
     validate,
 )
-from src.training.model import ARCHITECTURES, IMG_SIZE_RANGE, WeightsUnavailable, build_model
-from src.training.run import RunDir, RunExists
+from src.training.run import RunDir
 
 _NAMES_BEFORE_SETTINGS = set(globals())
 # --------------------------------------------------------------------------------------------- settings
@@ -104,24 +102,18 @@ DEMO_PRESET = {"DATA_DIR": "data/demo", "METADATA_CSV": "data/demo/metadata.csv"
 DEMO_IMAGES, DEMO_MELANOMA_RATE = 1200, 0.2
 
 
+@command
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if "-h" in argv or "--help" in argv:
         print(settings_help())
         return 0
-    try:
-        c = resolve_config(argv)
-        check_settings(c)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    c = resolve_config(argv)
+    check_settings(c)
     rank, world, local_rank = dist.setup()
     try:
         return fit(c, rank, world, local_rank)
-    except (DataError, SplitError, WeightsUnavailable, CheckpointError, RunExists) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except (NonFiniteLoss, OSError, KeyboardInterrupt) as e:
+    except (NonFiniteLoss, OSError, KeyboardInterrupt) as e:  # say what was kept
         return report_stop(e, Path(c.CHECKPOINT_DIR) / "last.pth")
     finally:
         dist.cleanup()
@@ -411,13 +403,10 @@ def report_stop(e: BaseException, last: Path) -> int:
         )
         print(f"\nInterrupted: {where}.", file=sys.stderr)
         return 130
-    if isinstance(e, NonFiniteLoss):
-        print(f"error: {e}. Training stopped; {kept}. Try a lower LEARNING_RATE.", file=sys.stderr)
-    else:  # OSError: a full disk, a read-only or vanished folder
-        print(
-            f"error: {e.strerror or e}: {e.filename or last.parent}. Training stopped; {kept}.",
-            file=sys.stderr,
-        )
+    if isinstance(e, OSError) and e.filename is None:  # a full disk, a read-only or vanished folder
+        e.filename = last.parent
+    advice = " Try a lower LEARNING_RATE." if isinstance(e, NonFiniteLoss) else ""
+    print(f"{error_line(e)}. Training stopped; {kept}.{advice}", file=sys.stderr)
     return 1
 
 

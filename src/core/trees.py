@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from src.errors import ProjectError
+
 MAX_LEAVES = 4096  # per tree; the context stage grows 7
 MAX_TREES = 100_000  # per model; the context stage grows 600
 MAX_FEATURES = 10_000
@@ -31,7 +33,7 @@ _FLOATS = re.compile(rf"(?:{_FLOAT})(?: (?:{_FLOAT}))*", re.ASCII | re.IGNORECAS
 _NAME = re.compile(r"[A-Za-z0-9_]{1,200}", re.ASCII)
 
 
-class TreeModelError(ValueError):
+class TreeModelError(ProjectError, ValueError):
     """The text is not a binary LightGBM model that can be evaluated safely; says why."""
 
 

@@ -16,12 +16,13 @@ import torchvision
 from torch import nn
 
 from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from src.errors import ProjectError
 
 ARCHITECTURES = ("resnet18", "resnet34", "resnet50", "resnet101")
 IMG_SIZE_RANGE = (32, 2048)  # ResNets downsample 32x; above 2048 px a batch no longer fits any GPU
 
 
-class WeightsUnavailable(RuntimeError):
+class WeightsUnavailable(ProjectError, RuntimeError):
     pass
 
 

@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+MIN_SENSITIVITY = 0.90  # the operating threshold rule: the highest threshold with at least this sensitivity
+
 
 def _as_arrays(y, s):
     y = np.asarray(y).astype(np.int64).ravel()
@@ -243,3 +245,20 @@ def fit_temperature(logits, y, iterations: int = 200) -> tuple[float, float]:
 
 def calibrated(logits, temperature: float = 1.0, bias: float = 0.0):
     return sigmoid(np.asarray(logits, dtype=np.float64) / temperature + bias)
+
+
+def operating_metrics(y, p, threshold, groups, n, seed) -> tuple[dict, dict]:
+    op = at_threshold(y, p, threshold)
+    keys = ("sensitivity", "specificity", "balanced_accuracy", "ppv", "npv", "f1")
+    fns = {k: (lambda a, b, k=k: at_threshold(a, b, threshold)[k]) for k in keys}
+    return op, bootstrap(y, p, groups, fns, n, seed)
+
+
+def metric_fns() -> dict:
+    """The threshold-free metrics of every report, each f(y, p) -> float: the one list."""
+    fns = {"roc_auc": roc_auc, "pauc_tpr80": partial_auc, "average_precision": average_precision}
+    for k in (80, 90, 95):
+        fns[f"sens_at_spec_{k}"] = lambda y, p, k=k: sensitivity_at_specificity(y, p, k / 100)
+        fns[f"spec_at_sens_{k}"] = lambda y, p, k=k: specificity_at_sensitivity(y, p, k / 100)
+    fns.update({"brier": brier_score, "ece": expected_calibration_error})
+    return fns

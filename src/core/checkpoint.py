@@ -17,14 +17,15 @@ from pathlib import Path
 import torch
 import torchvision
 
+from src.core.model import ARCHITECTURES, IMG_SIZE_RANGE, MelanomaNet
 from src.data.atomic import replace_atomically
-from src.training.model import ARCHITECTURES, IMG_SIZE_RANGE, MelanomaNet
+from src.errors import ProjectError
 
 FORMAT = "melanoma-classifier/1"
 REQUIRED_KEYS = ("format", "arch", "model_state", "img_size", "mean", "std")
 
 
-class CheckpointError(Exception):
+class CheckpointError(ProjectError):
     pass
 
 

@@ -1,7 +1,7 @@
 # CPU inference service: FastAPI + uvicorn, PyTorch CPU wheels, non-root, health-checked.
 #   docker build -t melanoma-api .
 #   docker run -p 8000:8000 -v "$PWD/checkpoints:/models:ro" \
-#       -e MODEL_PATH=/models/best_model_epochN.pth melanoma-api
+#       -e MODEL_PATH=/models/best.pth melanoma-api
 # MODEL_PATH may name an exported .onnx model instead (src/inference/export.py); add
 # -e CONTEXT_MODEL=/models/context/context_model.json for the context stage (POST /triage).
 FROM python:3.11-slim

@@ -1,22 +1,19 @@
-"""Shared fixtures (a demo dataset, trained runs) and the slow tier: a test that trains, serves or
-runs a command is marked slow, so `python -m pytest -m "not slow"` is the fast unit tier."""
+"""Shared fixtures (a demo dataset, trained runs, a context model) and the slow tier.
 
-import inspect
+A test is slow when it is marked `@pytest.mark.slow` (it starts a process, trains or serves) or
+when it uses one of SLOW_FIXTURES (a trained run or a running service); `python -m pytest -m
+"not slow"` is the fast unit tier."""
 
 import pytest
 
 from helpers import run_script, tiny_train_args
 
-SLOW_FIXTURES = {"trained_run", "demo_run", "service", "run2024"}
-SLOW_CALLS = ("run_script(", "start_service(", "start(tiny_args(", "subprocess.", "Popen(", "train.main(")
+SLOW_FIXTURES = {"trained_run", "demo_run", "service", "run2024", "context_model"}
 
 
 def pytest_collection_modifyitems(items):
-    """Mark slow what starts a process, trains, or needs a trained run, so that nobody has to
-    remember the marker when adding such a test."""
     for item in items:
-        source = inspect.getsource(item.function) if hasattr(item, "function") else ""
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or any(c in source for c in SLOW_CALLS):
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
 
 
@@ -61,3 +58,27 @@ def demo_run(tmp_path_factory):
     assert r.returncode == 0, r.stderr
     history = json.loads((out / "training_history.json").read_text())
     return out, out / history["best_checkpoint"]
+
+
+@pytest.fixture(scope="session")
+def context_model(trained_run, demo_dir, tmp_path_factory):
+    """A fused context model over the demo fixture: its image scores come from the trained run
+    (in-fold, which is fine for testing the service, not for measuring anything)."""
+    import numpy as np
+
+    from src.data.metadata import read_metadata
+    from src.data.splits import assign_folds
+    from src.inference.predictor import Predictor
+    from src.training.context import train_context
+
+    table = read_metadata(demo_dir / "metadata.csv").table
+    predictor = Predictor(trained_run[1])
+    logits = np.array(
+        [predictor.logit_bytes((demo_dir / f"{n}.jpg").read_bytes()) for n in table["image_name"]]
+    )
+    out = tmp_path_factory.mktemp("context")
+    fused, _ = train_context(table, assign_folds(table, 3, 0), logits)
+    fused.save(out / "fused.json")
+    alone, _ = train_context(table, assign_folds(table, 3, 0))
+    alone.save(out / "alone.json")
+    return out

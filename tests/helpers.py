@@ -1,11 +1,16 @@
 """Helpers shared by the tests: paths, running a command as a user would, small generated images."""
 
 import os
+import re
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import cv2
+import httpx
 import numpy as np
 import pytest
 
@@ -91,3 +96,60 @@ def patients_table(n_patients=150, seed=0):
                 }
             )
     return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------ the service, as deployed
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_service(model_path, **env):
+    """The documented command: python src/inference/serve.py. Its log goes to a file (a pipe nobody
+    reads would block the service once full), which stop_service reads for 5xx answers."""
+    port = free_port()
+    with tempfile.NamedTemporaryFile(prefix="service-", suffix=".log", delete=False) as log:
+        proc = subprocess.Popen(
+            [sys.executable, "src/inference/serve.py", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "MODEL_PATH": str(model_path), "THREADS": "2", **env},
+        )
+    proc.log = Path(log.name)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(proc.log.read_text())
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("service did not start")
+
+
+def stop_service(proc):
+    """Stop it, and fail if it ever answered 5xx or logged a traceback: any input gets a 4xx or a 200."""
+    proc.terminate()
+    proc.wait(timeout=20)
+    log = proc.log.read_text(errors="replace")
+    proc.log.unlink()
+    errors = [line for line in log.splitlines() if re.search(r'HTTP/1\.[01]" 5\d\d', line)]
+    assert not errors and "Traceback" not in log, log[-3000:]
+
+
+def start_and_fail(model_path, *command, **env):
+    """Start the service (plain uvicorn unless a command is given) on a model it must refuse."""
+    command = command or ("-m", "uvicorn", "src.inference.serve:app")
+    return subprocess.run(
+        [sys.executable, *command, "--port", str(free_port())],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "MODEL_PATH": str(model_path), **env},
+    )

@@ -114,6 +114,7 @@ def test_command_on_isic2024_sample(tmp_path):
     assert (out / "feature_importance.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 @needs_shared
 def test_benchmark_prints_the_promised_last_line():
     r = run_script(

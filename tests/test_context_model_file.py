@@ -11,13 +11,12 @@ import time
 import lightgbm as lgb
 import numpy as np
 import pytest
-from test_serve import start_and_fail
 
 from src.core.trees import Forest, TreeModelError
 from src.data.splits import assign_folds
 from src.training import context as C
 
-from helpers import ROOT, patients_table, run_script
+from helpers import ROOT, patients_table, run_script, start_and_fail
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +167,7 @@ def test_text_that_cannot_be_echoed_is_refused(trained, tmp_path):
         C.ContextModel.load(path)
 
 
+@pytest.mark.slow
 def test_huge_files_and_fifos_are_refused_before_reading(tmp_path):
     huge = tmp_path / "huge.json"
     with open(huge, "wb") as f:
@@ -205,6 +205,7 @@ def test_commands_stop_with_one_error_line(trained, trained_run, demo_dir, tmp_p
     assert r.returncode == 3 and len(errors) == 1 and "do not form one tree" in errors[0], r.stderr
 
 
+@pytest.mark.slow
 def test_fuzzed_tree_text_never_crashes_hangs_or_gives_a_non_finite_risk(trained):
     """300 mutants of the trained model's tree text (indices, counts, sizes, thresholds, deleted or
     repeated lines, truncation), each loaded and scored in its own child process."""

@@ -4,8 +4,11 @@ import json
 import shutil
 
 import cv2
+import pytest
 
 from helpers import SHARED, needs_shared, run_script
+
+pytestmark = pytest.mark.slow  # every test here runs a command
 
 
 def test_check_command_on_demo_data(demo_dir):

@@ -37,6 +37,7 @@ def test_gpu_normalisation_matches_cpu(tmp_path):
     torch.testing.assert_close(cpu, gpu, rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_throughput_benchmark_runs_and_reports_every_section():
     r = run_script(
         "benchmarks/throughput.py",

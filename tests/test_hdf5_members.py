@@ -107,6 +107,7 @@ def test_the_index_reads_no_member_and_odd_keys_are_found(crafted):
         assert np.array_equal(decode_image(index[name]), reference), name
 
 
+@pytest.mark.slow
 def test_commands_report_the_members_and_read_nothing_outside(crafted, tmp_path):
     folder, path, metadata = crafted
     r = run_script("src/data/check.py", f"--metadata={metadata}", f"--images={path}", "--decode")

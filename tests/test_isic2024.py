@@ -144,7 +144,9 @@ def test_prediction_with_the_context_stage_scores_each_patient_together(run2024,
     )
     assert r.returncode == 0, r.stderr
     pred = pd.read_csv(out).set_index("image_name")
-    assert list(pred.columns) == ["target", "label", "image_probability", "patient_rank", "error"]
+    decision = ["target", "label", "decision", "threshold", "stage"]
+    assert list(pred.columns) == [*decision, "image_probability", "patient_rank", "error"]
+    assert (pred["stage"] == "context").all()  # the context stage's answer, at its own threshold
     assert pred.loc["ISIC_9999999", "error"] == "file not found"
     scored = pred.drop("ISIC_9999999")
     assert len(scored) == 3 and scored["target"].between(0, 1).all() and (scored["patient_rank"] == 1).all()

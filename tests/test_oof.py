@@ -12,6 +12,7 @@ from src.training.oof import OOFError, check_one_split
 from helpers import run_script, tiny_train_args
 
 
+@pytest.mark.slow
 def test_every_score_comes_from_the_model_that_never_trained_on_it(demo_dir, tmp_path):
     out = tmp_path / "oof"
     overrides = [

@@ -7,9 +7,8 @@ import time
 
 import httpx
 import pytest
-from test_serve import start_service, stop_service
 
-from helpers import gradient_image, run_script, write_jpeg
+from helpers import gradient_image, run_script, start_service, stop_service, write_jpeg
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -102,16 +101,23 @@ def test_upload_results_errors_model_card_and_report(served, tmp_path):
         error = texts["notes.jpg"].find_element(By.CSS_SELECTOR, ".status.error")
         assert "Could not analyse this file: not a readable image (JPEG or PNG expected)" in error.text
         ok = texts["lesion.jpg"]
-        assert "melanoma probability" in ok.text and "threshold" in ok.text
+        assert "melanoma risk" in ok.text and "threshold" in ok.text
         overlay = wait_for(lambda: ok.find_elements(By.CSS_SELECTOR, "img.overlay"))[0]
         wait_for(lambda: driver.execute_script("return arguments[0].naturalWidth", overlay) > 0)
         assert overlay.get_attribute("alt").startswith("Grad-CAM")
         driver.save_screenshot(str(tmp_path / "2-results.png"))
 
         link = driver.find_element(By.ID, "report-link")
-        assert link.get_attribute("href") == url + "/report/report.md"
-        assert "# Evaluation report" in httpx.get(link.get_attribute("href")).text
+        assert link.get_attribute("href") == url + "/report"
         assert httpx.get(url + "/report/roc.png").headers["content-type"] == "image/png"
+        link.click()  # the report as a page: rendered tables and its plots, no Markdown syntax
+        wait_for(lambda: driver.find_elements(By.TAG_NAME, "h1"))
+        assert driver.find_element(By.TAG_NAME, "h1").text.startswith("Evaluation report")
+        assert len(driver.find_elements(By.TAG_NAME, "table")) >= 3
+        plots = driver.find_elements(By.TAG_NAME, "img")
+        assert plots and all(driver.execute_script("return arguments[0].naturalWidth", p) > 0 for p in plots)
+        assert "|---|" not in driver.page_source and "![" not in driver.page_source
+        driver.back()
 
         outside = [u for u in requested_urls(driver) if not u.startswith((url, "data:", "blob:"))]
         assert outside == [], outside
@@ -183,5 +189,89 @@ def test_patient_fields_and_triage_ranking(served, tmp_path):
         driver.find_element(By.ID, "triage").click()
         alert = wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#ranked li.error"))[0]
         assert alert.get_attribute("role") == "alert" and "age must be between 0 and 120" in alert.text
+    finally:
+        driver.quit()
+
+
+@pytest.fixture(scope="module")
+def served_with_context(trained_run, context_model):
+    proc, url = start_service(trained_run[1], CONTEXT_MODEL=str(context_model / "fused.json"))
+    yield url
+    stop_service(proc)
+
+
+def card_answers(driver) -> dict:
+    """file name -> the decision line of its card."""
+    from selenium.webdriver.common.by import By
+
+    return {
+        s.find_element(By.TAG_NAME, "strong").text: s.find_element(By.CSS_SELECTOR, ".label").text
+        for s in driver.find_elements(By.CSS_SELECTOR, "#results section")
+    }
+
+
+def test_with_a_context_stage_every_card_and_the_ranked_list_give_the_same_answer(
+    served_with_context, tmp_path
+):
+    from selenium.webdriver.common.by import By
+
+    url = served_with_context
+    files = [write_jpeg(tmp_path / f"mole{i}.jpg", gradient_image(100 + 30 * i, 180)) for i in range(3)]
+    threshold = httpx.get(url + "/model").json()["context_stage"]["threshold"]
+    driver = browser()
+    try:
+        driver.get(url + "/")
+        wait_for(lambda: "Context stage" in driver.find_element(By.ID, "model").text)
+        assert f"threshold {threshold:.4f}" in driver.find_element(By.ID, "model").text
+        driver.find_element(By.ID, "files").send_keys("\n".join(map(str, files)))
+        wait_for(lambda: len(driver.find_elements(By.CSS_SELECTOR, "#results .label")) == 3)
+        for line in card_answers(driver).values():  # each lesion alone: the context stage's threshold
+            assert f"threshold {threshold:.4f}" in line and "this lesion alone" in line
+        assert "image model alone" in driver.find_element(By.ID, "results").text
+        driver.find_element(By.ID, "triage").click()
+        items = wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#ranked li"))
+        wait_for(lambda: all("other lesions" in a for a in card_answers(driver).values()))
+        cards = card_answers(driver)
+        for item in items:
+            name = item.text.split(":")[0]
+            decision = "above threshold" if "above threshold" in item.text else "below threshold"
+            assert f"{decision} {threshold:.4f}" in item.text and f"{decision} {threshold:.4f}" in cards[name]
+            assert item.get_attribute("class") == (
+                "positive" if decision == "above threshold" else "negative"
+            )
+        driver.save_screenshot(str(tmp_path / "context.png"))
+    finally:
+        driver.quit()
+
+
+def test_failed_and_removed_uploads_leave_the_patient_and_the_page_fits_a_phone(served, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    url, _ = served
+    good = [
+        write_jpeg(tmp_path / f"a-very-long-file-name-{'x' * 60}-{i}.jpg", gradient_image()) for i in range(2)
+    ]
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image")
+    driver = browser()
+    try:
+        driver.set_window_size(420, 900)
+        driver.get(url + "/")
+        driver.find_element(By.ID, "files").send_keys(f"{good[0]}\n{bad}")
+        wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#results .status.error"))
+        wait_for(lambda: len(driver.find_elements(By.CSS_SELECTOR, "#results .label")) == 1)
+        assert driver.find_element(By.ID, "triage").get_attribute("disabled")  # one usable image only
+        driver.find_element(By.ID, "files").send_keys(str(good[1]))
+        wait_for(lambda: len(driver.find_elements(By.CSS_SELECTOR, "#results .label")) == 2)
+        driver.find_element(By.ID, "triage").click()
+        items = wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#ranked li"))
+        assert len(items) == 2 and "broken.jpg" not in driver.find_element(By.ID, "ranked").text
+        width = "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+        scroll, client = driver.execute_script(width)
+        assert scroll <= client, f"sideways scroll at 420 px: {scroll} > {client}"
+        driver.find_elements(By.CSS_SELECTOR, "#results button.remove")[0].click()
+        assert driver.find_element(By.ID, "triage").get_attribute("disabled")
+        driver.find_element(By.ID, "reset").click()
+        assert driver.find_elements(By.CSS_SELECTOR, "#results section") == []
     finally:
         driver.quit()

@@ -42,6 +42,7 @@ def history(out):
     return json.loads((out / "training_history.json").read_text())
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_checkpoints_history_and_split(demo_dir, tmp_path):
     out = tmp_path / "run"
     r = run_script(*tiny_args(demo_dir, out, 2))
@@ -51,7 +52,8 @@ def test_tiny_run_writes_checkpoints_history_and_split(demo_dir, tmp_path):
     assert [e["epoch"] for e in h["epochs"]] == [1, 2] and set(h["epochs"][0]) == EPOCH_KEYS
     assert h["config"]["IMG_SIZE"] == 32 and h["best_epoch"] in (1, 2) and h["skipped_files"] == 0
     best = out / h["best_checkpoint"]
-    assert sorted(p.name for p in out.glob("*.pth")) == sorted([best.name, "last.pth"])
+    assert sorted(p.name for p in out.glob("*.pth")) == sorted([best.name, "best.pth", "last.pth"])
+    assert (out / "best.pth").read_bytes() == best.read_bytes()  # the stable name of the best epoch
     ckpt = torch.load(best, weights_only=True)
     assert ckpt["img_size"] == 32 and ckpt["arch"] == "resnet50" and ckpt["config"]["PRETRAINED"] is False
     assert ckpt["metrics"]["val_auc"] == h["best_val_auc"] and "torch" in ckpt["versions"]
@@ -61,6 +63,7 @@ def test_tiny_run_writes_checkpoints_history_and_split(demo_dir, tmp_path):
     assert split[0] == "image_name,group,group_kind,merged_groups,target,fold,split" and len(split) == 81
 
 
+@pytest.mark.slow
 def test_unreadable_image_is_skipped_and_counted(demo_dir, tmp_path):
     import shutil
 
@@ -95,6 +98,7 @@ def start(args):
     )
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_history(demo_dir, tmp_path):
     full, killed = tmp_path / "full", tmp_path / "killed"
     assert run_script(*tiny_args(demo_dir, full, 3)).returncode == 0
@@ -113,6 +117,7 @@ def test_killed_run_resumes_to_the_same_history(demo_dir, tmp_path):
             assert ea[key] == pytest.approx(eb[key], rel=1e-6, abs=1e-9), (ea["epoch"], key)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_message(demo_dir, tmp_path):
     r = run_script(*tiny_args(demo_dir, tmp_path / "run", 2, "--LEARNING_RATE=1e30", "--WARMUP_EPOCHS=0"))
     assert r.returncode == 1
@@ -120,6 +125,7 @@ def test_nan_loss_stops_with_message(demo_dir, tmp_path):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_nan_after_a_good_epoch_keeps_the_last_good_checkpoint(demo_dir, tmp_path):
     out = tmp_path / "run"
     assert run_script(*tiny_args(demo_dir, out, 1)).returncode == 0
@@ -138,6 +144,7 @@ def test_nan_after_a_good_epoch_keeps_the_last_good_checkpoint(demo_dir, tmp_pat
     assert outputs() == before  # nothing overwritten
 
 
+@pytest.mark.slow
 def test_ctrl_c_exits_cleanly_with_last_checkpoint(demo_dir, tmp_path):
     out = tmp_path / "run"
     proc = start(tiny_args(demo_dir, out, 50))
@@ -158,12 +165,14 @@ def test_existing_run_is_not_overwritten(demo_dir, trained_run):
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
 
+@pytest.mark.slow
 def test_no_data_explains_how_to_get_it_and_the_demo(tmp_path):
     r = run_script("src/training/train.py", f"--CHECKPOINT_DIR={tmp_path / 'c'}", cwd=tmp_path)
     assert r.returncode == 1 and "No ISIC data found" in r.stderr
     assert "isic image download" in r.stderr and "python src/training/train.py --demo" in r.stderr
 
 
+@pytest.mark.slow
 def test_two_process_gloo_run_matches_single_process_evaluation(demo_dir, tmp_path):
     out = tmp_path / "ddp"
     args = tiny_args(demo_dir, out, 2, "--BATCH_SIZE=8")
@@ -203,6 +212,7 @@ def test_two_process_gloo_run_matches_single_process_evaluation(demo_dir, tmp_pa
     assert roc_auc(pred["targets"], pred["logits"]) == pytest.approx(h["best_val_auc"], abs=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "setting,message",
     [
@@ -226,6 +236,7 @@ def test_bad_settings_stop_before_any_work(demo_dir, tmp_path, capsys, setting, 
     assert message in capsys.readouterr().err and not out.exists()
 
 
+@pytest.mark.slow
 def test_a_second_run_into_the_same_folder_is_refused_while_the_first_holds_it(demo_dir, tmp_path):
     from src.training.run import RunDir, RunExists
 
@@ -253,6 +264,7 @@ def test_evaluation_refuses_a_split_that_is_not_the_checkpoints(trained_run, tmp
     assert r.returncode == 1 and "is not the split this model was trained with" in r.stderr, r.stderr
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_training_with_a_message_and_keeps_the_last_good_checkpoint(
     demo_dir, tmp_path, monkeypatch, capsys
 ):
@@ -279,6 +291,7 @@ def test_a_full_disk_stops_training_with_a_message_and_keeps_the_last_good_check
     assert load_checkpoint(out / "last.pth")["epoch"] == 1 and not list(out.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_temporaries_of_a_killed_save_are_removed_by_the_next_run(demo_dir, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
@@ -311,6 +324,7 @@ def test_exactly_the_settings_block_is_listed_and_overridable():
             apply_overrides(train.DEFAULTS, [f"--{other}=1"])
 
 
+@pytest.mark.slow
 def test_a_run_with_an_old_format_split_file_resumes(demo_dir, tmp_path):
     # split.csv called its group column patient_id before it became group + group_kind.
     out = tmp_path / "run"
@@ -361,3 +375,17 @@ def test_best_epoch_by_auc_or_by_partial_auc():
     assert best_key(epoch2, "pauc") > best_key(epoch1, "pauc")
     undefined = {"val_auc": None, "val_pauc": None, "val_loss": 0.3}
     assert best_key(undefined, "pauc") < best_key(epoch1, "pauc")
+
+
+def test_focal_loss_is_bce_at_gamma_0_and_discounts_easy_examples():
+    import torch.nn.functional as F
+
+    from src.training.engine import focal_loss, make_loss
+
+    z, y = torch.tensor([4.0, -4.0, 0.1, -0.2]), torch.tensor([1.0, 0.0, 0.0, 1.0])
+    bce = F.binary_cross_entropy_with_logits(z, y, reduction="none")
+    assert torch.allclose(focal_loss(z, y, gamma=0.0), bce)
+    focal = focal_loss(z, y, gamma=2.0)
+    ratio = focal / bce
+    assert ratio[:2].max() < 1e-3 and ratio[2:].min() > 0.2  # confident and right vs. unsure
+    assert torch.equal(make_loss("focal", pos_weight=50.0, gamma=2.0)(z, y), focal)  # no class weight on top

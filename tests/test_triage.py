@@ -4,31 +4,9 @@ with a fused context model: every lesion's risk, the ugly-duckling rank, and 4xx
 import json
 
 import httpx
-import numpy as np
 import pytest
-from test_serve import start_and_fail, start_service, stop_service
 
-from src.data.metadata import read_metadata
-from src.data.splits import assign_folds
-from src.inference.predictor import Predictor
-from src.training.context import train_context
-
-
-@pytest.fixture(scope="module")
-def context_model(trained_run, demo_dir, tmp_path_factory):
-    """A fused context model over the demo fixture: its image scores come from the trained run
-    (in-fold, which is fine for testing the service, not for measuring anything)."""
-    table = read_metadata(demo_dir / "metadata.csv").table
-    predictor = Predictor(trained_run[1])
-    logits = np.array(
-        [predictor.logit_bytes((demo_dir / f"{n}.jpg").read_bytes()) for n in table["image_name"]]
-    )
-    out = tmp_path_factory.mktemp("context")
-    fused, _ = train_context(table, assign_folds(table, 3, 0), logits)
-    fused.save(out / "fused.json")
-    alone, _ = train_context(table, assign_folds(table, 3, 0))
-    alone.save(out / "alone.json")
-    return out
+from helpers import start_and_fail, start_service, stop_service
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +41,7 @@ def test_triage_ranks_every_lesion_of_the_patient(triage_service, demo_dir):
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["context_stage"] is True and len(body["lesions"]) == 3
-    order = [(-x["above_threshold"], -x["probability"]) for x in body["lesions"]]
+    order = [(-x["label"], -x["probability"]) for x in body["lesions"]]
     assert order == sorted(order)  # above the threshold first, then by risk
     assert sorted(x["ugly_duckling_rank"] for x in body["lesions"]) == [1, 2, 3]
     ranked = sorted(body["lesions"], key=lambda x: x["ugly_duckling_rank"])
@@ -74,21 +52,32 @@ def test_triage_ranks_every_lesion_of_the_patient(triage_service, demo_dir):
     assert httpx.get(triage_service + "/model").json()["context_stage"] is not None
 
 
-def test_predict_takes_optional_metadata(triage_service, demo_dir):
+def test_predict_takes_optional_metadata_and_gives_one_answer(triage_service, demo_dir):
     file = lesions(demo_dir, 1)[0][1]
-    plain = httpx.post(triage_service + "/predict", files={"file": file}, timeout=60)
+    plain = httpx.post(triage_service + "/predict", files={"file": file}, timeout=60).json()
     with_meta = httpx.post(
         triage_service + "/predict",
         files={"file": file},
         data={"age": "70", "sex": "female", "site": "head/neck"},
         timeout=60,
-    )
-    assert plain.status_code == with_meta.status_code == 200
-    assert "context" in with_meta.json() and with_meta.json()["probability"] == plain.json()["probability"]
+    ).json()
+    stage = httpx.get(triage_service + "/model").json()["context_stage"]
+    for body in (plain, with_meta):  # the context stage's answer, at its own threshold; nothing else decides
+        assert body["stage"] == "context" and body["threshold"] == stage["threshold"]
+        assert body["decision"] == (
+            "above threshold" if body["probability"] >= body["threshold"] else "below threshold"
+        )
+        assert body["label"] == int(body["decision"] == "above threshold") and "context" not in body
+    assert (
+        with_meta["image_probability"] == plain["image_probability"]
+    )  # metadata only moves the context stage
+    assert (
+        with_meta["synthetic_training_data"] is False
+    )  # the fixture trained with --PRETRAINED=False, no --demo
     unknown = httpx.post(
         triage_service + "/predict", files={"file": file}, data={"site": "elbow"}, timeout=60
     )
-    assert unknown.json()["context"]["unknown_site_treated_as_missing"] == "elbow"
+    assert unknown.json()["unknown_site_treated_as_missing"] == "elbow"
 
 
 @pytest.mark.parametrize(

@@ -132,3 +132,28 @@ def model_from_checkpoint(ckpt: dict) -> MelanomaNet:
 def load_model(path: str | Path, map_location="cpu") -> tuple[MelanomaNet, dict]:
     ckpt = load_checkpoint(path, map_location)
     return model_from_checkpoint(ckpt), ckpt
+
+
+def synthetic_training_data(settings: dict) -> bool:
+    """True when the model learned from `train.py --demo`'s SYNTHETIC drawings: read from the run's own
+    config (DEMO), or from the flag an ONNX export carries; never guessed from a path."""
+    if "synthetic_training_data" in settings:
+        return bool(settings["synthetic_training_data"])
+    return bool((settings.get("config") or {}).get("DEMO", False))
+
+
+def calibration_tta(settings: dict, tta: bool | None, source) -> bool:
+    """Whether to average the 8 flips: as the saved calibration was fitted. A threshold fitted on
+    TTA-averaged logits does not hold for single-view ones (nor the reverse), so a request for the
+    other kind is refused; None follows the calibration."""
+    fitted = bool(settings.get("calibration_tta", False))
+    if tta is None:
+        return fitted
+    if settings.get("calibrated_on") and tta != fitted:
+        kind = "TTA-averaged (8 flips)" if fitted else "single-view"
+        raise CheckpointError(
+            f"{source}: its threshold and calibration were fitted on {kind} logits, so predictions must "
+            f"use the same ({'--tta' if fitted else 'no --tta'}); re-run evaluate.py "
+            f"{'without' if fitted else 'with'} --tta to calibrate for the other"
+        )
+    return tta

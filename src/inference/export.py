@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from src.core.checkpoint import load_checkpoint, model_from_checkpoint
+from src.core.checkpoint import load_checkpoint, model_from_checkpoint, synthetic_training_data
 from src.core.metrics import calibrated, roc_auc
 from src.core.run_data import own_validation_set
 from src.data.atomic import replace_atomically
@@ -53,6 +54,7 @@ SETTING_KEYS = (
     "threshold_rule",
     "calibrated_on",
     "calibrated_at",
+    "calibration_tta",
     "epoch",
     "metrics",
 )
@@ -61,7 +63,11 @@ SETTING_KEYS = (
 def settings_of(ckpt: dict, source: str) -> dict:
     settings = {k: ckpt[k] for k in SETTING_KEYS if k in ckpt}
     settings.update(
-        {"source_checkpoint": source, "input": "float32 (N, 3, S, S) RGB 0..255; normalised in the graph"}
+        {
+            "source_checkpoint": source,
+            "input": "float32 (N, 3, S, S) RGB 0..255; normalised in the graph",
+            "synthetic_training_data": synthetic_training_data(ckpt),
+        }
     )
     return settings
 
@@ -185,6 +191,24 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
+def export_checked(model, ckpt: dict, out: Path, settings: dict, x: torch.Tensor) -> float:
+    """Export beside `out` under a hidden name, and move it into place only once it matches
+    PyTorch: a failed export leaves nothing that serve.py or predict.py would load."""
+    staged = out.with_name(f".{out.stem}.unchecked.onnx")
+    try:
+        export_onnx(model, ckpt["img_size"], staged, settings)
+        diff = check_parity(model, staged, x, ckpt)
+        if diff > PARITY_TOLERANCE:
+            raise ExportError(
+                f"ONNX export differs from PyTorch by {diff:.2e} (tolerance {PARITY_TOLERANCE}); "
+                f"nothing was written to {out}"
+            )
+        os.replace(staged, out)
+    finally:
+        staged.unlink(missing_ok=True)
+    return diff
+
+
 def export(args) -> dict:
     ckpt_path = Path(args.checkpoint)
     ckpt = load_checkpoint(ckpt_path)
@@ -192,17 +216,8 @@ def export(args) -> dict:
     out = Path(args.out) if args.out else ckpt_path.with_suffix(".onnx")
     settings = settings_of(ckpt, ckpt_path.name)
     x, labels = real_inputs(ckpt, ckpt_path, args.images, args.calibration_images)
-    export_onnx(model, ckpt["img_size"], out, settings)
-    result = {
-        "onnx": str(out),
-        "parity_max_abs_diff": check_parity(model, out, x[:64], ckpt),
-        "images": len(x),
-    }
-    if result["parity_max_abs_diff"] > PARITY_TOLERANCE:
-        raise ExportError(
-            f"ONNX export differs from PyTorch by {result['parity_max_abs_diff']:.2e} "
-            f"(tolerance {PARITY_TOLERANCE}); not using it"
-        )
+    result = {"onnx": str(out), "images": len(x)}
+    result["parity_max_abs_diff"] = export_checked(model, ckpt, out, settings, x[:64])
     if args.int8:
         int8 = quantize_int8(out, out.with_name(out.stem + "_int8.onnx"), x, settings)
         result["int8"] = str(int8)

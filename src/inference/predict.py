@@ -6,14 +6,16 @@
 
 CKPT is a training checkpoint (.pth) or an export (.onnx, also int8). INPUT is one image, a folder
 of images (or one level down), an ISIC 2024 image HDF5 file, or a metadata CSV in any supported
-format (labels optional; images from --images, default the CSV's folder). Writes image_name,target
-(target is the calibrated melanoma probability), label (1 = melanoma at the saved threshold) and
-error. Unreadable files, and images the metadata lists but the folder or HDF5 file lacks, are
-listed with their error; the rest are still predicted.
+format (labels optional; images from --images, default the CSV's folder). Writes one answer per
+image: image_name, target (the calibrated melanoma probability), label (1 = at or above the
+threshold), decision ("above threshold" or "below threshold"), threshold, stage (which model gave
+the answer) and error. Unreadable files, and images the metadata lists but the folder or HDF5 file
+lacks, are listed with their error; the rest are still predicted. TTA follows the calibration.
 
 --context applies the context stage (src/training/context.py) to a metadata CSV: all lesions of a
-patient are scored together, target becomes the fused risk, and image_probability and patient_rank
-(1 = the lesion that stands out most among the patient's) are added. --submission writes only the
+patient are scored together, and the answer is the context stage's (target, label and decision at
+its own threshold); image_probability (the image model alone, secondary) and patient_rank (1 = the
+lesion that stands out most among the patient's) are added. --submission writes only the
 competition's two columns (isic_id,target for ISIC 2024 and Archive ids, else image_name,target).
 """
 
@@ -28,6 +30,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from src.core.context_model import ContextModel
+from src.core.decision import decision
 from src.data.atomic import atomic_write_bytes, atomic_write_text
 from src.data.images import HDF5_EXTENSIONS, IMAGE_EXTENSIONS, ImageDecodeError, decode_image, index_images
 from src.data.labels import DataError
@@ -101,8 +104,19 @@ def predict_table(
     failed = present.copy()
     failed[present] = ~ok
     out.loc[failed | ~present, "error"] = [error_for(p) for p in rows.loc[failed | ~present, "path"]]
-    out["label"] = np.where(out["target"].notna(), (out["target"] >= predictor.threshold).astype(int), "")
-    return out[["image_name", "target", "label", "error", "logit"]]
+    out = with_decisions(out, predictor.threshold, "image")
+    return out[["image_name", "target", "label", "decision", "threshold", "stage", "error", "logit"]]
+
+
+def with_decisions(out: pd.DataFrame, threshold: float, stage: str) -> pd.DataFrame:
+    """label, decision, threshold and stage of each scored row (src/core/decision.py); empty where
+    the row has no score."""
+    scored = out["target"].notna()
+    p = out["target"].fillna(0.0).to_numpy()
+    out["label"] = np.where(scored, (p >= threshold).astype(int).astype(str), "")
+    out["decision"] = np.where(scored, [decision(v, threshold) for v in p], "")
+    out["threshold"], out["stage"] = threshold, stage
+    return out
 
 
 def apply_context(model: ContextModel, rows: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
@@ -113,9 +127,10 @@ def apply_context(model: ContextModel, rows: pd.DataFrame, results: pd.DataFrame
     out = results.assign(image_probability=results["target"])
     failed = (out["error"] != "").to_numpy() if model.uses_image_score else np.zeros(len(out), bool)
     out["target"] = np.where(failed, np.nan, scored["probability"])
-    out["label"] = np.where(failed, "", scored["label"].astype(str))
+    out = with_decisions(out, model.threshold, "context")
     out["patient_rank"] = np.where(failed, np.nan, scored["patient_rank"])
-    return out[["image_name", "target", "label", "image_probability", "patient_rank", "error", "logit"]]
+    columns = ["image_name", "target", "label", "decision", "threshold", "stage", "image_probability"]
+    return out[[*columns, "patient_rank", "error", "logit"]]
 
 
 def input_notes(rows: pd.DataFrame, context: ContextModel | None) -> list[str]:
@@ -161,11 +176,16 @@ def write_explanations(predictor: Predictor, rows: pd.DataFrame, results: pd.Dat
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description="Predict melanoma probabilities for images.")
-    ap.add_argument("--checkpoint", required=True, help="best_model_epochN.pth or an exported .onnx")
+    ap.add_argument("--checkpoint", required=True, help="best.pth or an exported .onnx")
     ap.add_argument("input", help="an image, a folder of images, or a metadata CSV")
     ap.add_argument("--images", help="image folder for a CSV input (default: the CSV's folder)")
     ap.add_argument("--out", default="predictions.csv")
-    ap.add_argument("--tta", action="store_true", help="average the 8 flips/transposes")
+    ap.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        help="average the 8 flips/transposes (default: as the model's threshold was fitted; the other "
+        "choice is refused)",
+    )
     ap.add_argument("--explain", metavar="DIR", help="write Grad-CAM overlays (PNG) to DIR")
     ap.add_argument(
         "--context", metavar="MODEL", help="context_model.json: fuse metadata and patient context"
@@ -185,9 +205,12 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     predictor = Predictor(args.checkpoint)
+    tta = predictor.views(args.tta)
+    if args.explain and predictor.kind != "pytorch":  # before any work, not after the CSV
+        raise DataError("--explain needs a PyTorch checkpoint (.pth): Grad-CAM uses gradients")
     rows = list_inputs(args.input, args.images)
     context = ContextModel.load(args.context) if args.context else None
-    results = predict_table(predictor, rows, args.batch_size, args.workers, args.tta)
+    results = predict_table(predictor, rows, args.batch_size, args.workers, tta)
     if context:
         results = apply_context(context, rows, results)
     text = (
@@ -199,6 +222,8 @@ def main(argv=None) -> int:
     if args.explain:
         n = write_explanations(predictor, rows, results, Path(args.explain))
         print(f"wrote {n} Grad-CAM overlays to {args.explain}/")
+    if predictor.synthetic:
+        print("note: SYNTHETIC demo model (train.py --demo): its outputs say nothing about real skin lesions")
     for note in input_notes(rows, context):
         print(f"note: {note}", file=sys.stderr)
     bad = int((results["error"] != "").sum())

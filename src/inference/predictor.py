@@ -15,7 +15,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from src.core.checkpoint import CheckpointError, check_settings, load_model, weights_digest
+from src.core.checkpoint import (
+    CheckpointError,
+    calibration_tta,
+    check_settings,
+    load_model,
+    synthetic_training_data,
+    weights_digest,
+)
+from src.core.decision import answer
 from src.core.metrics import calibrated
 from src.core.runtime import Runtime
 from src.data.transforms import dihedral_views, load_input_bytes
@@ -105,7 +113,9 @@ class Predictor:
         self.threshold_rule = s.get("threshold_rule")
         config = s.get("config") or {}
         self.training_data = config.get("METADATA_CSV")
-        self.synthetic = str(config.get("DATA_DIR", "")).rstrip("/").endswith("demo")  # train.py --demo
+        self.synthetic = synthetic_training_data(s)
+        self.tta = calibration_tta(s, None, self.path)  # the views the threshold was fitted on
+        self._calibration = {k: s.get(k) for k in ("calibration_tta", "calibrated_on")}
         self.metrics = s.get("metrics") or {}
         self.epoch = s.get("epoch")
 
@@ -122,6 +132,7 @@ class Predictor:
             "calibrated_on": self.calibrated_on,
             "calibrated_at": self.calibrated_at,
             "threshold_rule": self.threshold_rule,
+            "calibration_tta": self.tta,
             "training_data": self.training_data,
             "synthetic_training_data": self.synthetic,
             "epoch": self.epoch,
@@ -150,13 +161,16 @@ class Predictor:
     def logit_bytes(self, data: bytes, tta: bool = False, name: str = "upload") -> float:
         return float(self.logits(load_input_bytes(data, self.img_size, name)[None], tta)[0])
 
-    def decision(self, logit: float) -> dict:
-        """The calibrated probability of one image and the label at the saved threshold."""
-        p = float(self.probabilities(logit))
-        return {"probability": p, "label": int(p >= self.threshold), "threshold": self.threshold}
+    def views(self, tta: bool | None) -> bool:
+        """TTA or not: as the calibration was fitted (None), or refused when asked otherwise."""
+        return calibration_tta(self._calibration, tta, self.path)
 
-    def predict_bytes(self, data: bytes, tta: bool = False, name: str = "upload") -> dict:
-        return self.decision(self.logit_bytes(data, tta, name))
+    def decision(self, logit: float) -> dict:
+        """The image model's answer for one image: calibrated probability and the saved threshold."""
+        return answer(float(self.probabilities(logit)), self.threshold, "image")
+
+    def predict_bytes(self, data: bytes, tta: bool | None = None, name: str = "upload") -> dict:
+        return self.decision(self.logit_bytes(data, self.views(tta), name))
 
 
 def default_threads() -> int:

@@ -1,6 +1,6 @@
 """HTTP service for the melanoma classifier (FastAPI, run by uvicorn).
 
-    MODEL_PATH=checkpoints/best_model_epochN.pth python src/inference/serve.py [--host H] [--port 8000]
+    MODEL_PATH=checkpoints/best.pth python src/inference/serve.py [--host H] [--port 8000]
 
 MODEL_PATH may also name an exported .onnx model (fp32 or int8). The command above runs uvicorn
 with the service's connection limits (docs/serving.md); `uvicorn src.inference.serve:app` also
@@ -43,12 +43,15 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from src.core.context_model import ContextModel
+from src.core.decision import answer
 from src.data.atomic import read_regular_file
 from src.data.images import MAX_PIXELS, ImageDecodeError, ImageTooLarge, check_header
 from src.data.metadata import COLUMNS, age_in_years
 from src.data.patient_context import ugly_duckling_rank
 from src.errors import ProjectError
 from src.inference.predictor import Predictor, default_threads
+from src.inference.report_html import STYLE as REPORT_STYLE
+from src.inference.report_html import report_page
 
 MAX_UPLOAD_BYTES = int(float(os.environ.get("MAX_UPLOAD_MB", "20")) * 1024 * 1024)
 MULTIPART_OVERHEAD = 64 * 1024  # form boundaries and headers around the file itself
@@ -83,15 +86,19 @@ MAX_REPORT_JSON_BYTES = 1024 * 1024
 
 
 def content_security_policy(page: str) -> str:
-    """The page may run only its own inline script and style (pinned by hash), show images it made
-    itself (blob:), talk only to this origin, and never be framed."""
+    """The page may run only its own inline script and style (pinned by hash; the report page's style
+    too), show images it made itself (blob:) or the report's plots, talk only to this origin, and
+    never be framed."""
 
-    def pinned(tag: str) -> str:
-        body = re.search(rf"<{tag}>(.*?)</{tag}>", page, re.S).group(1)
-        return f"'sha256-{base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()}'"
+    def pinned(text: str) -> str:
+        return f"'sha256-{base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()}'"
+
+    def inline(tag: str) -> str:
+        return re.search(rf"<{tag}>(.*?)</{tag}>", page, re.S).group(1)
 
     return (
-        f"default-src 'none'; script-src {pinned('script')}; style-src {pinned('style')}; "
+        f"default-src 'none'; script-src {pinned(inline('script'))}; "
+        f"style-src {pinned(inline('style'))} {pinned(REPORT_STYLE)}; "
         "img-src 'self' blob:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
         "frame-ancestors 'none'"
     )
@@ -156,13 +163,14 @@ async def lifespan(app: FastAPI):
 
 class OneLineStartupError(logging.Filter):
     """uvicorn logs a failed start-up with the lifespan's traceback; a StartupError is the user's
-    problem (a missing or refused model file), so it is logged as its one `error:` line."""
+    problem (a missing or refused model file), so it is reported as its one `error:` line instead."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         lines = record.getMessage().strip().splitlines() or [""]
         name, _, message = lines[-1].partition(": ")
         if lines[0].startswith("Traceback") and name.rsplit(".", 1)[-1] == StartupError.__name__:
-            record.msg, record.args = f"error: {message}", ()
+            print(f"error: {message}", file=sys.stderr, flush=True)  # as every command reports one
+            return False
         return True
 
 
@@ -317,11 +325,12 @@ def model_info():
             info["evaluation"] = evaluation_summary(
                 json.loads(read_regular_file(report, MAX_REPORT_JSON_BYTES))
             )
-            info["report"] = "/report/report.md"
+            info["report"] = "/report"
         except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError):
             info["evaluation"] = None  # the card still shows the model; the report cannot be read
     if api.state.context is not None:
-        info["context_stage"] = api.state.context.info or {}
+        context = api.state.context
+        info["context_stage"] = {**(context.info or {}), "threshold": context.threshold}
     return info
 
 
@@ -340,6 +349,20 @@ def evaluation_summary(r: dict) -> dict:
 
 def report_folder(predictor) -> Path:
     return predictor.path.parent / "eval"
+
+
+@api.get("/report", response_class=HTMLResponse, include_in_schema=False)
+def report_html():
+    """The evaluation report as a page, its plots inline; 404 when the model has none."""
+    folder = report_folder(api.state.predictor).resolve()
+    try:
+        path = (folder / "report.md").resolve()
+        if not path.is_relative_to(folder):  # a link out of the folder
+            raise OSError("outside the report folder")
+        text = read_regular_file(path, MAX_REPORT_JSON_BYTES)
+    except (OSError, ValueError, RuntimeError):
+        raise HTTPException(404, "this model has no evaluation report (run evaluate.py on it)") from None
+    return HTMLResponse(report_page(text.decode("utf-8", "replace")))
 
 
 @api.get("/report/{name:path}", include_in_schema=False)
@@ -361,31 +384,47 @@ def report_file(name: str):
 @api.post("/predict")
 def predict(
     file: UploadFile = File(..., description="JPEG or PNG image"),
-    tta: bool = False,
+    tta: bool | None = None,
     age: str | None = Form(None, description="approximate age in years (optional)"),
     sex: str | None = Form(None, description="female or male (optional)"),
     site: str | None = Form(None, description="anatomic site, e.g. 'posterior torso' (optional)"),
 ):
     name = clipped(file.filename) if file.filename else "upload"
     meta = parse_metadata({"age": age, "sex": sex, "site": site}, name)
+    views = checked_views(tta)
     data = read_image_upload(file)
     predictor = api.state.predictor
     try:
         with api.state.lock:
-            logit = predictor.logit_bytes(data, tta=tta)
+            logit = predictor.logit_bytes(data, tta=views)
     except ImageDecodeError as e:
         raise decode_error(e) from None
-    result = predictor.decision(logit)
-    if api.state.context is not None:
-        result["context"] = score_patient([logit], [meta])[0]
-    return {**result, "model_version": predictor.version, "note": "not a medical device"}
+    result = score_patient([logit], [meta])[0]
+    del result["ugly_duckling_rank"]  # one image: no other lesion of the patient to compare with
+    return {**result, **about_the_model(predictor)}
+
+
+def checked_views(tta: bool | None) -> bool:
+    """TTA as the threshold was fitted; the other kind of logits would move it (409, with the reason)."""
+    try:
+        return api.state.predictor.views(tta)
+    except ProjectError as e:
+        raise HTTPException(409, str(e)) from None
+
+
+def about_the_model(predictor) -> dict:
+    return {
+        "synthetic_training_data": predictor.synthetic,
+        "model_version": predictor.version,
+        "note": "not a medical device",
+    }
 
 
 @api.post("/triage")
 def triage(
     files: list[UploadFile] = File(..., description="JPEG or PNG images of one patient's lesions"),
     metadata: str | None = Form(None, description='JSON list, one {"age", "sex", "site"} per file'),
-    tta: bool = False,
+    tta: bool | None = None,
 ):
     """All lesions of one patient, scored together: each one's risk, whether it is above the
     threshold, and its "ugly duckling" rank (1 = the image score that stands out most)."""
@@ -393,26 +432,22 @@ def triage(
         raise HTTPException(413, f"{len(files)} files; at most {MAX_TRIAGE_FILES} lesions per request")
     names = [clipped(f.filename) if f.filename else f"file {i + 1}" for i, f in enumerate(files)]
     metas = parse_metadata_list(metadata, names)
+    views = checked_views(tta)
     predictor, logits = api.state.predictor, []
     for file, name in zip(files, names, strict=True):
         try:
             data = read_image_upload(file)
             with api.state.lock:
-                logits.append(predictor.logit_bytes(data, tta=tta))
+                logits.append(predictor.logit_bytes(data, tta=views))
         except ImageDecodeError as e:
             raise HTTPException(decode_error(e).status_code, f"{name}: {decode_error(e).detail}") from None
         except HTTPException as e:  # which of the patient's files was refused
             raise HTTPException(e.status_code, f"{name}: {e.detail}") from None
     lesions = score_patient(logits, metas)
-    for lesion, name in zip(lesions, names, strict=True):
-        lesion["file"] = name
-    lesions.sort(key=lambda r: (-r["above_threshold"], -r["probability"]))
-    return {
-        "lesions": lesions,
-        "context_stage": api.state.context is not None,
-        "model_version": predictor.version,
-        "note": "not a medical device",
-    }
+    for i, (lesion, name) in enumerate(zip(lesions, names, strict=True)):
+        lesion["file"], lesion["index"] = name, i  # index: its place in the request
+    lesions.sort(key=lambda r: (-r["label"], -r["probability"]))
+    return {"lesions": lesions, "context_stage": api.state.context is not None, **about_the_model(predictor)}
 
 
 def parse_metadata(raw: dict, name: str) -> dict:
@@ -451,26 +486,25 @@ def parse_metadata_list(metadata: str | None, names: list[str]) -> list[dict]:
 
 
 def score_patient(logits: list[float], metas: list[dict]) -> list[dict]:
-    """Risk of each lesion of one patient: the context stage when loaded (metadata and the patient's
-    other lesions), else the image model's calibrated probability; plus the ugly-duckling rank."""
+    """One answer per lesion of one patient (src/core/decision.py): the context stage's when loaded
+    (metadata and the patient's other lesions), else the image model's; with the image model's own
+    probability beside it and the ugly-duckling rank."""
     predictor, logits = api.state.predictor, np.asarray(logits, dtype=np.float64)
     image_p = predictor.probabilities(logits)
     rank = ugly_duckling_rank(logits, np.zeros(len(logits)))  # one request, one patient
     context = api.state.context
     if context is None:
-        p, threshold = image_p, predictor.threshold
+        p, threshold, stage = image_p, predictor.threshold, "image"
     else:
         table = pd.DataFrame({c: "" for c in COLUMNS}, index=range(len(metas)))
         table["image_name"] = [f"lesion{i}" for i in range(len(metas))]
         table["patient_id"] = "patient"  # one request, one patient
         table["age_approx"] = [m["age"] for m in metas]
         table["sex"], table["anatom_site"] = [m["sex"] for m in metas], [m["site"] for m in metas]
-        p, threshold = context.probabilities(table, logits), context.threshold
+        p, threshold, stage = context.probabilities(table, logits), context.threshold, "context"
     return [
         {
-            "probability": float(p[i]),
-            "above_threshold": bool(p[i] >= threshold),
-            "threshold": threshold,
+            **answer(p[i], threshold, stage),
             "image_probability": float(image_p[i]),
             "ugly_duckling_rank": int(rank[i]),
             **(

@@ -209,22 +209,33 @@ def run_context(args) -> dict:
     models["context"], scores["context"] = train_context(table, folds)
     if logits is not None:
         models["fused"], scores["fused"] = train_context(table, folds, logits)
-    final = models.get("fused", models["context"])
+    chosen = better_stage(table["target"].to_numpy(), scores)
+    final = models[chosen]
     final.info = {
+        "stage": STAGES[chosen],
+        "out_of_fold_auc": {STAGES[k]: float(M.roc_auc(table["target"], v)) for k, v in scores.items()},
         "trained_on": args.metadata,
         "images": len(table),
         "folds": fold_source,
         "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     final.save(out / "context_model.json")
-    return finish(args, out, table, folds, scores, final)
+    return finish(args, out, table, folds, scores, final, chosen)
 
 
-def finish(args, out: Path, table, folds, scores: dict, final: ContextModel) -> dict:
+def better_stage(y, scores: dict) -> str:
+    """The model to keep: fused, unless context-only scored a higher out-of-fold AUC (then the image
+    score only added noise, and the fused trees would be the worse model)."""
+    if "fused" in scores and M.roc_auc(y, scores["fused"]) >= M.roc_auc(y, scores["context"]):
+        return "fused"
+    return "context"
+
+
+def finish(args, out: Path, table, folds, scores: dict, final: ContextModel, chosen: str) -> dict:
     """oof.csv of the final stage, the report (JSON and Markdown) and the feature-importance plot."""
     from src.training import report as R
 
-    last = "fused" if "fused" in scores else "context"
+    last = chosen
     oof = pd.DataFrame(
         {
             "image_name": table["image_name"],
@@ -236,6 +247,7 @@ def finish(args, out: Path, table, folds, scores: dict, final: ContextModel) -> 
     )
     atomic_write_text(out / "oof.csv", oof.to_csv(index=False))
     report = build_context_report(table, folds, scores, final, args.metadata, args.bootstrap, args.seed)
+    report["saved_stage"] = chosen
     report["plots"] = {"importance": R.plot_importance(report["importance"], out / "feature_importance.png")}
     atomic_write_json(out / "report.json", report)
     atomic_write_text(out / "report.md", R.context_markdown(report))
@@ -269,7 +281,10 @@ def main(argv=None) -> int:
     print(f"{report['images']:,} images, {report['melanoma']:,} melanoma, {report['patients']:,} patients")
     for name, stage in report["stages"].items():
         print(summary_line(f"{name}-only" if name != "fused" else name, stage))
-    print(f"model: {args.out}/context_model.json   report: {args.out}/report.md")
+    saved = report["saved_stage"]
+    if saved == "context" and "fused" in report["stages"]:
+        print("note: fused scored below context-only out of fold, so the context-only model was saved")
+    print(f"saved {STAGES[saved]}: {args.out}/context_model.json   report: {args.out}/report.md")
     return 0
 
 

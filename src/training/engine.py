@@ -28,12 +28,13 @@ class NonFiniteLoss(ProjectError, RuntimeError):
     pass
 
 
-def focal_loss(logits, targets, gamma: float = 2.0, pos_weight: float = 1.0):
-    """Per-sample focal loss: easy (confident, correct) examples count less, rare hard ones more."""
+def focal_loss(logits, targets, gamma: float = 2.0):
+    """Per-sample focal loss: easy (confident, correct) examples count less, rare hard ones more.
+    No class weight on top: the focusing term already answers the imbalance, and the full
+    benign/melanoma ratio (about 55 on ISIC 2020) on top of it would swamp the benign lesions."""
     bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     p_correct = torch.exp(-bce)
-    weight = torch.where(targets > 0.5, pos_weight, 1.0)
-    return weight * (1 - p_correct) ** gamma * bce
+    return (1 - p_correct) ** gamma * bce
 
 
 IMBALANCE_CHOICES = ("weighted_bce", "focal", "sampler", "none")

@@ -1,7 +1,7 @@
 """Evaluate a checkpoint the way a clinician would ask: metrics with patient-bootstrap 95% intervals,
 an operating threshold, calibration, subgroups, and plots.
 
-    python src/training/evaluate.py --checkpoint checkpoints/best_model_epochN.pth
+    python src/training/evaluate.py --checkpoint checkpoints/best.pth
     python src/training/evaluate.py --checkpoint CKPT --metadata CSV --images DIR   # an external labelled set
 
 Without --metadata it evaluates the run's own validation split (split.csv beside the checkpoint),
@@ -25,7 +25,13 @@ import numpy as np
 import pandas as pd
 
 from src.core import metrics as M
-from src.core.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from src.core.checkpoint import (
+    calibration_tta,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+    synthetic_training_data,
+)
 from src.core.metrics import MIN_SENSITIVITY, metric_fns, operating_metrics
 from src.core.run_data import RunDataError, own_validation_set, run_images
 from src.core.runtime import logits_for_table
@@ -145,6 +151,7 @@ def save_calibration(ckpt: dict, path: Path, cal: dict) -> None:
             "logit_bias": cal["bias"],
             "threshold_rule": cal["rule"],
             "calibrated_on": "the run's validation split",
+            "calibration_tta": cal["tta"],  # prediction must average the same views
             "calibrated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
     )
@@ -220,11 +227,15 @@ def build_report(
             "Threshold and calibration were fitted on this same validation split, so the figures at the "
             "operating point are optimistic; confirm them on an external set (--metadata/--images)."
         )
-    if ckpt.get("config", {}).get("DATA_DIR", "").rstrip("/").endswith("demo") and own:
-        notes.append("SYNTHETIC demo data: these figures say nothing about real skin lesions.")
+    synthetic = synthetic_training_data(ckpt)
+    if synthetic:
+        notes.append(
+            "SYNTHETIC demo model (train.py --demo): these figures say nothing about real skin lesions."
+        )
     return {
         "checkpoint": args.checkpoint,
         "epoch": ckpt.get("epoch"),
+        "synthetic_training_data": synthetic,
         "tta": args.tta,
         "notes": notes,
         "set": {
@@ -255,7 +266,12 @@ def parse_args(argv=None):
     )
     ap.add_argument("--images", help="image folder for --metadata (default: the CSV's folder)")
     ap.add_argument("--out", help="output folder (default: eval/ beside the checkpoint)")
-    ap.add_argument("--tta", action="store_true", help="average the 8 flips/transposes")
+    ap.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        help="average the 8 flips/transposes (on the run's split: calibrate for it; on another set: "
+        "default and only choice is what the calibration was fitted with)",
+    )
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument(
         "--workers",
@@ -290,9 +306,10 @@ def evaluate_checkpoint(args) -> dict:
         else ckpt_path.parent / "eval" / (Path(args.metadata).stem if args.metadata else "")
     )
     out.mkdir(parents=True, exist_ok=True)
+    args.tta = bool(args.tta) if args.metadata is None else calibration_tta(ckpt, args.tta, ckpt_path)
     pred = logits_for_table(model, ckpt, table, args.batch_size, args.workers, args.tta)
     table, logits, y, unreadable = readable_rows(table, pred)
-    cal = calibrate(ckpt, logits, y, args.metadata is None, args.min_sensitivity)
+    cal = {**calibrate(ckpt, logits, y, args.metadata is None, args.min_sensitivity), "tta": args.tta}
     if args.metadata is None:
         save_calibration(ckpt, ckpt_path, cal)  # what prediction, serving and export read
     report = build_report(args, ckpt, table, description, logits, y, cal, unreadable)

@@ -294,6 +294,8 @@ def context_markdown(report: dict) -> str:
             f"| {stage['label']} | {_with_ci(stage, 'roc_auc')} | {_with_ci(stage, 'pauc_tpr80')} | "
             f"{_fmt(op['sensitivity'])} | {_fmt(op['specificity'])} |"
         )
+    saved = report["stages"][report["saved_stage"]]["label"]
+    lines += ["", f"Saved as context_model.json: **{saved}** (the higher out-of-fold ROC AUC)."]
     follow = "used" if report["lesion_follow_up"] else "not used (not every row has a lesion id)"
     return "\n".join(
         lines

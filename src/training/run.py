@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import os
 import random
+import shutil
 import signal
 import socket
 import threading
@@ -28,6 +29,7 @@ from src.errors import ProjectError
 from src.training.report import plot_training_curves
 
 SPLIT_FILE = "split.csv"
+BEST_FILE = "best.pth"  # a stable name for the best epoch's checkpoint, for every later command
 
 
 class RunExists(ProjectError):
@@ -129,7 +131,8 @@ class RunDir:
             for old in self.path.glob("best_model_epoch*.pth"):
                 if old != path:
                     old.unlink()  # only after the new best is safely written
-            print(f"  * new best epoch -> {path}", flush=True)
+            link_as(path, self.path / BEST_FILE)
+            print(f"  * new best epoch -> {path} (and {BEST_FILE})", flush=True)
         last = self.inference_payload(model, epoch, record)
         last.update(
             {
@@ -180,10 +183,21 @@ class RunDir:
         )
 
 
+def link_as(source: Path, name: Path) -> None:
+    """`name` becomes the same file as `source` (a hard link, else a copy), replaced atomically."""
+    staged = name.with_name(name.name + ".tmp")
+    staged.unlink(missing_ok=True)
+    try:
+        os.link(source, staged)
+    except OSError:  # a file system without hard links
+        shutil.copyfile(source, staged)
+    os.replace(staged, name)
+
+
 @contextlib.contextmanager
 def interrupts_deferred():
-    """Hold SIGINT until the block ends, then raise KeyboardInterrupt if one came. A Ctrl-C that
-    landed inside a save once surfaced as an ImportError traceback from a half-loaded library."""
+    """Hold SIGINT until the block ends, then raise KeyboardInterrupt if one came: a Ctrl-C inside a
+    save would otherwise interrupt a library half-way through loading or writing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

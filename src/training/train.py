@@ -9,8 +9,8 @@
 Every setting is a constant below; override any of them as --NAME=value (--help lists them).
 Splits keep each patient on one side, and the best epoch is chosen by validation ROC AUC (accuracy
 means little at 1.76% melanoma; SELECT_BY="pauc" picks by the ISIC 2024 partial AUC instead).
-Writes to CHECKPOINT_DIR: best_model_epoch{N}.pth (everything inference needs), last.pth (for
-RESUME), training_history.json, training_curves.png and split.csv.
+Writes to CHECKPOINT_DIR: best.pth and best_model_epoch{N}.pth (the same file: everything inference
+needs), last.pth (for RESUME), training_history.json, training_curves.png and split.csv.
 How long it takes and what it reaches, measured (demo and real data): README "Results".
 One epoch reads from four files: this one, engine.py (train_one_epoch, validate),
 src/data/loader.py (the Dataset) and src/data/transforms.py (preprocessing and augmentation).
@@ -158,7 +158,7 @@ def fit(c, rank: int, world: int, local_rank: int) -> int:
     pauc = "" if c.SELECT_BY == "auc" or best.get("val_pauc") is None else f", pAUC {best['val_pauc']:.4f}"
     log(
         f"Done. Best epoch {best['epoch']} (by {SELECTION[c.SELECT_BY]}): validation AUC {auc}{pauc} "
-        f"-> {run.path}/best_model_epoch{best['epoch']}.pth",
+        f"-> {run.path}/best.pth (= best_model_epoch{best['epoch']}.pth)",
         rank=rank,
     )
     return 0

@@ -8,7 +8,7 @@ import pytest
 
 from helpers import run_script, tiny_train_args
 
-SLOW_FIXTURES = {"trained_run", "demo_run", "service", "run2024", "context_model"}
+SLOW_FIXTURES = {"trained_run", "demo_run", "exported", "service", "run2024", "context_model"}
 
 
 def pytest_collection_modifyitems(items):
@@ -82,3 +82,12 @@ def context_model(trained_run, demo_dir, tmp_path_factory):
     alone, _ = train_context(table, assign_folds(table, 3, 0))
     alone.save(out / "alone.json")
     return out
+
+
+@pytest.fixture(scope="session")
+def exported(demo_run, tmp_path_factory):
+    """The demo_run checkpoint exported once, as a user would: (fp32 .onnx, int8 .onnx, export's stdout)."""
+    out = tmp_path_factory.mktemp("export") / "m.onnx"
+    r = run_script("src/inference/export.py", "--checkpoint", demo_run[1], "--out", out, "--int8")
+    assert r.returncode == 0, r.stderr
+    return out, out.with_name("m_int8.onnx"), r.stdout

@@ -6,6 +6,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from src.core.checkpoint import load_model
@@ -173,7 +174,7 @@ def paired_auc_spread(y, a, b, resamples=200, seed=0) -> float:
     return float(np.std(diffs))
 
 
-def test_onnx_export_parity_and_int8_on_any_x86_cpu(demo_run, tmp_path):
+def test_onnx_export_parity_and_int8_on_any_x86_cpu(demo_run, exported, tmp_path):
     """int8 may move each score a little; it must give the same file on every CPU and keep the
     AUC within the noise of the fp32 AUC, on all 1,200 demo images (on the 240 validation images
     alone, that noise is 0.018: a tolerance there would mean nothing)."""
@@ -183,19 +184,18 @@ def test_onnx_export_parity_and_int8_on_any_x86_cpu(demo_run, tmp_path):
     from src.data.labels import load_labeled_images
 
     out_dir, best = demo_run
-    r = run_script("src/inference/export.py", "--checkpoint", best, "--out", tmp_path / "m.onnx", "--int8")
-    assert r.returncode == 0, r.stderr
-    assert "tolerance 0.0001" in r.stdout
+    onnx_fp32, onnx_int8, stdout = exported
+    assert "tolerance 0.0001" in stdout
     # 7-bit weights: without VNNI (AVX2 only), full-range int8 weights saturate ONNX Runtime's
     # 16-bit pair sums and the same model scores differently (export.py, docs/deployment.md).
-    graph = onnx.load(str(tmp_path / "m_int8.onnx")).graph
+    graph = onnx.load(str(onnx_int8)).graph
     weights = [numpy_helper.to_array(w) for w in graph.initializer if w.data_type == onnx.TensorProto.INT8]
     assert len(weights) > 50 and max(np.abs(w.astype(int)).max() for w in weights) <= 64
     data = load_labeled_images(str(out_dir.parent / "demo" / "metadata.csv"), str(out_dir.parent / "demo"))
     x = torch.stack([load_input(p, 64) for p in data.table["path"]])
     y = data.table["target"].to_numpy()
     torch_model = Predictor(best)
-    fp32, int8 = Predictor(tmp_path / "m.onnx"), Predictor(tmp_path / "m_int8.onnx")
+    fp32, int8 = Predictor(onnx_fp32), Predictor(onnx_int8)
     p_torch = torch_model.probabilities(torch_model.logits(x[:240]))
     logits_fp32, logits_int8 = fp32.logits(x), int8.logits(x)
     assert len(y) == 1200 and np.abs(fp32.probabilities(logits_fp32[:240]) - p_torch).max() <= 1e-4
@@ -209,7 +209,7 @@ def test_onnx_export_parity_and_int8_on_any_x86_cpu(demo_run, tmp_path):
     r = run_script(
         "src/inference/predict.py",
         "--checkpoint",
-        tmp_path / "m_int8.onnx",
+        onnx_int8,
         out_dir.parent / "demo",
         "--out",
         tmp_path / "int8.csv",
@@ -219,3 +219,17 @@ def test_onnx_export_parity_and_int8_on_any_x86_cpu(demo_run, tmp_path):
     assert r.returncode == 0, r.stderr
     rows = pd.read_csv(tmp_path / "int8.csv", keep_default_na=False)
     assert len(rows) == 1200 and (rows["error"] == "").all() and rows["target"].between(0, 1).all()
+
+
+@pytest.mark.slow
+def test_a_failed_export_leaves_nothing_loadable(tmp_path, monkeypatch):
+    """An export that fails its parity check is removed, not left where serve.py would load it."""
+    from src.core.model import build_model
+    from src.inference import export
+
+    monkeypatch.setattr(export, "check_parity", lambda *args: 0.5)
+    model = build_model("resnet18", pretrained=False).eval()
+    x = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)
+    with pytest.raises(export.ExportError, match="nothing was written"):
+        export.export_checked(model, {"img_size": 32}, tmp_path / "m.onnx", {"arch": "resnet18"}, x)
+    assert list(tmp_path.iterdir()) == []

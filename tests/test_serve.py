@@ -202,24 +202,20 @@ def test_bounded_concurrent_load(service):
     assert proc.poll() is None and httpx.get(url + "/health").json()["model_loaded"] is True
 
 
-def test_onnx_model_is_served_too(trained_run, demo_dir, tmp_path):
-    from helpers import run_script
+def test_onnx_model_is_served_too(demo_run, exported, demo_dir):
+    from src.inference.predictor import Predictor
 
-    _, best = trained_run
-    onnx_path = tmp_path / "model.onnx"
-    r = run_script("src/inference/export.py", "--checkpoint", best, "--out", onnx_path, "--images", demo_dir)
-    assert r.returncode == 0, r.stderr
+    best, onnx_path = demo_run[1], exported[0]
     proc, url = start_service(onnx_path)
     try:
         data = (demo_dir / "ISIC_9000001.jpg").read_bytes()
         onnx_answer = post(url, "/predict", data).json()
         assert httpx.get(url + "/model").json()["kind"] == "onnx"
+        assert onnx_answer["synthetic_training_data"] is True  # the export carries the demo's flag
         r = post(url, "/explain", data)
         assert r.status_code == 409 and "Grad-CAM needs a PyTorch checkpoint" in r.json()["detail"]
     finally:
         stop_service(proc)
-    from src.inference.predictor import Predictor
-
     assert onnx_answer["probability"] == pytest.approx(
         Predictor(best).predict_bytes(data)["probability"], abs=1e-4
     )

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
 
 from src.data.atomic import atomic_write_text
 from src.data.metadata import group_kinds, split_groups
@@ -46,6 +45,8 @@ def assign_folds(
     folds = np.empty(len(table), dtype=np.int64)
     # Stratification needs each class in every fold; with fewer positives than folds, group-only it is.
     stratify = np.bincount(targets, minlength=2).min() >= n_folds
+    from sklearn.model_selection import StratifiedGroupKFold  # here: importing sklearn costs a second or more
+
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     labels = targets if stratify else np.zeros_like(targets)
     for fold, (_, val_idx) in enumerate(splitter.split(np.zeros(len(table)), labels, groups)):

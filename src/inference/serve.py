@@ -161,7 +161,7 @@ async def lifespan(app: FastAPI):
     app.state.predictor = app.state.context = None
 
 
-class OneLineStartupError(logging.Filter):
+class StartupFailureLine(logging.Filter):
     """uvicorn logs a failed start-up with the lifespan's traceback; a StartupError is the user's
     problem (a missing or refused model file), so it is reported as its one `error:` line instead."""
 
@@ -174,7 +174,7 @@ class OneLineStartupError(logging.Filter):
         return True
 
 
-logging.getLogger("uvicorn.error").addFilter(OneLineStartupError())  # for `uvicorn src.inference.serve:app`
+logging.getLogger("uvicorn.error").addFilter(StartupFailureLine())  # for `uvicorn src.inference.serve:app`
 
 
 # Swagger UI (/docs) loads its scripts from a public CDN; the service is meant for closed networks,
@@ -601,7 +601,7 @@ def main(argv=None) -> int:
     )
     for name in ("uvicorn.error", "uvicorn.access", "asyncio"):
         logging.getLogger(name).addFilter(RateLimitedLog())
-    logging.getLogger("uvicorn.error").addFilter(OneLineStartupError())  # uvicorn.Config reset it
+    logging.getLogger("uvicorn.error").addFilter(StartupFailureLine())  # uvicorn.Config reset it
     server = uvicorn.Server(config)
     server.run()
     return 0 if server.started else 3

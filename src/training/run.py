@@ -57,7 +57,7 @@ class RunDir:
 
     def _take_lock(self):
         """flock is released by the kernel when the process dies, so a killed run never leaves a
-        stale lock; two runs writing one folder once mixed a model with another run's split."""
+        stale lock; two runs writing one folder would mix one run's model with the other's split."""
         self.path.mkdir(parents=True, exist_ok=True)
         handle = open(self.path / "run.lock", "a+")  # held open for the whole run
         try:

@@ -6,7 +6,7 @@
         --out checkpoints/demo-context
     python docs/screenshots.py                       # -> docs/web-page.png, docs/triage-page.png
 
-Serves the demo checkpoint (evaluated first if it has no report), opens the page in headless
+Serves the demo checkpoint (evaluated first if it has no report; fold 0 too), opens the page in headless
 Chromium (Selenium), uploads two lesions of one validation patient and saves docs/web-page.png;
 then serves fold 0 of the two-stage demo with its context stage, uploads all of one validation
 patient's lesions with their age, sex and sites, ranks them and saves docs/triage-page.png. All
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -50,11 +51,15 @@ def serve(model: Path, port: int, context: Path | None = None) -> subprocess.Pop
 def browser(width: int, height: int):
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
 
     options = Options()
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", f"--window-size={width},{height}"):
         options.add_argument(flag)
-    return webdriver.Chrome(options=options)
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if chromium:  # the system's browser and driver; else Selenium looks for its own
+        options.binary_location = chromium
+    return webdriver.Chrome(service=Service(driver) if driver else None, options=options)
 
 
 def validation_patient(split_csv: Path, lesions: int) -> pd.DataFrame:
@@ -82,7 +87,7 @@ def shoot(url: str, rows: pd.DataFrame, out: Path, rank: bool) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
-    driver = browser(1100, 1500 if rank else 1250)
+    driver = browser(1100, 1500 if rank else 1450)
     try:
         driver.get(url + "/")
         wait(lambda: "Architecture" in driver.find_element(By.ID, "model").text)
@@ -110,6 +115,14 @@ def shoot(url: str, rows: pd.DataFrame, out: Path, rank: bool) -> None:
         driver.quit()
 
 
+def evaluated(checkpoint: Path) -> None:
+    """Evaluate the checkpoint on its run's validation split unless done: the page then shows the
+    fitted threshold and calibration, and the model card its report."""
+    if not (checkpoint.parent / "eval" / "report.json").is_file():
+        command = [sys.executable, str(ROOT / "src/training/evaluate.py"), "--checkpoint", str(checkpoint)]
+        subprocess.run(command, check=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Regenerate docs/web-page.png and docs/triage-page.png.")
     ap.add_argument("--checkpoint", default="checkpoints/demo/best.pth")
@@ -118,15 +131,12 @@ def main(argv=None) -> int:
     ap.add_argument("--port", type=int, default=8765)
     args = ap.parse_args(argv)
     ckpt = ROOT / args.checkpoint
-    if not (ckpt.parent / "eval" / "report.json").is_file():
-        subprocess.run(
-            [sys.executable, str(ROOT / "src/training/evaluate.py"), "--checkpoint", str(ckpt)], check=True
-        )
+    evaluated(ckpt)
     proc = serve(ckpt, args.port)
     try:
         shoot(
             f"http://127.0.0.1:{args.port}",
-            validation_patient(ckpt.parent / "split.csv", 5).head(2),
+            validation_patient(ckpt.parent / "split.csv", 5).sort_values("target").tail(2),
             ROOT / "docs" / "web-page.png",
             rank=False,
         )
@@ -136,6 +146,7 @@ def main(argv=None) -> int:
     if not (fold.is_file() and (ROOT / args.context).is_file()):
         print("note: no two-stage demo found; docs/triage-page.png was left as it is")
         return 0
+    evaluated(fold)
     proc = serve(fold, args.port + 1, ROOT / args.context)
     try:
         shoot(

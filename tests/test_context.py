@@ -117,9 +117,7 @@ def test_command_on_isic2024_sample(tmp_path):
 @pytest.mark.slow
 @needs_shared
 def test_benchmark_prints_the_promised_last_line():
-    r = run_script(
-        "benchmarks/context.py", f"--metadata={ISIC2020}", "--patients=300", "--bootstrap=50", timeout=120
-    )
+    r = run_script("benchmarks/context.py", f"--metadata={ISIC2020}", "--patients=300", "--bootstrap=50")
     assert r.returncode == 0, r.stderr
     last = r.stdout.strip().splitlines()[-1]
     words = last.split()

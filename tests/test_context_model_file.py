@@ -196,7 +196,7 @@ def test_commands_stop_with_one_error_line(trained, trained_run, demo_dir, tmp_p
     crafted = variant(trained, tmp_path, point_back_to_an_ancestor)
     r = run_script(
         "src/inference/predict.py", "--checkpoint", trained_run[1], demo_dir / "metadata.csv",
-        "--context", crafted, "--out", tmp_path / "p.csv", timeout=120,
+        "--context", crafted, "--out", tmp_path / "p.csv",
     )  # fmt: skip
     assert r.returncode == 1 and r.stderr.startswith("error: cannot load context model"), r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "p.csv").exists()
@@ -209,7 +209,7 @@ def test_commands_stop_with_one_error_line(trained, trained_run, demo_dir, tmp_p
 def test_fuzzed_tree_text_never_crashes_hangs_or_gives_a_non_finite_risk(trained):
     """300 mutants of the trained model's tree text (indices, counts, sizes, thresholds, deleted or
     repeated lines, truncation), each loaded and scored in its own child process."""
-    r = run_script("tests/context_fuzz.py", trained[0], 300, 0, timeout=600)
+    r = run_script("tests/context_fuzz.py", trained[0], 300, 0)
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     outcomes = {row["outcome"] for row in rows}

@@ -54,7 +54,7 @@ def browser():
     return webdriver.Chrome(service=Service(DRIVER), options=options)
 
 
-def wait_for(predicate, timeout=60):
+def wait_for(predicate, timeout=600):
     deadline = time.time() + timeout
     while time.time() < deadline:
         value = predicate()

@@ -13,7 +13,7 @@ import torch
 
 from src.core.checkpoint import load_checkpoint, load_model, save_checkpoint
 
-from helpers import ROOT, run_script, tiny_train_args
+from helpers import HANG_TIMEOUT_S, ROOT, run_script, tiny_train_args
 
 EPOCH_KEYS = {
     "epoch",
@@ -76,7 +76,7 @@ def test_unreadable_image_is_skipped_and_counted(demo_dir, tmp_path):
     assert e["skipped_files"] == 1 and e["skipped_examples"] == ["ISIC_9000005"]
 
 
-def wait_for_epochs(out, n, proc, timeout=120):
+def wait_for_epochs(out, n, proc, timeout=HANG_TIMEOUT_S):
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         try:
@@ -189,7 +189,7 @@ def test_two_process_gloo_run_matches_single_process_evaluation(demo_dir, tmp_pa
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG_TIMEOUT_S,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert r.returncode == 0, r.stderr[-3000:]

@@ -63,14 +63,13 @@ class ContextModel:
         return M.calibrated(self.margins(table, image_logit), self.temperature, self.bias)
 
     def score(self, table: pd.DataFrame, image_logit=None) -> pd.DataFrame:
-        """Per row: the calibrated risk, 1 at or above the threshold, and the "ugly duckling" rank
-        (1 = the image score that stands out most among the same patient's lesions)."""
+        """Per row: the calibrated risk and the "ugly duckling" rank (1 = the image score that stands
+        out most among the same patient's lesions); the decision at `threshold` is made by
+        src/core/decision.py, like every other."""
         t = table.reset_index(drop=True)
         p = self.probabilities(t, image_logit)
         rank = ugly_duckling_rank(image_logit if image_logit is not None else p, split_groups(t))
-        return pd.DataFrame(
-            {"probability": p, "label": (p >= self.threshold).astype(int), "patient_rank": rank}
-        )
+        return pd.DataFrame({"probability": p, "patient_rank": rank})
 
     def save(self, path: Path) -> None:
         body = {k: v for k, v in self.__dict__.items() if k != "boosters"}

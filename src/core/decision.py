@@ -8,7 +8,7 @@ other lesions), else the image model. The other figure may be shown beside it, n
 from __future__ import annotations
 
 ABOVE, BELOW = "above threshold", "below threshold"
-STAGES = {"image": "the image model", "context": "the context stage (image score, metadata and the patient)"}
+STAGES = ("image", "context")  # the image model alone; the context stage (metadata and the patient)
 
 
 def decision(probability: float, threshold: float) -> str:

@@ -30,7 +30,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from src.core.context_model import ContextModel
-from src.core.decision import decision
+from src.core.decision import ABOVE, decision
 from src.data.atomic import atomic_write_bytes, atomic_write_text
 from src.data.images import HDF5_EXTENSIONS, IMAGE_EXTENSIONS, ImageDecodeError, decode_image, index_images
 from src.data.labels import DataError
@@ -111,10 +111,10 @@ def predict_table(
 def with_decisions(out: pd.DataFrame, threshold: float, stage: str) -> pd.DataFrame:
     """label, decision, threshold and stage of each scored row (src/core/decision.py); empty where
     the row has no score."""
-    scored = out["target"].notna()
-    p = out["target"].fillna(0.0).to_numpy()
-    out["label"] = np.where(scored, (p >= threshold).astype(int).astype(str), "")
-    out["decision"] = np.where(scored, [decision(v, threshold) for v in p], "")
+    scored = out["target"].notna().to_numpy()
+    decisions = np.array([decision(p, threshold) for p in out["target"].fillna(0.0)])
+    out["label"] = np.where(scored, (decisions == ABOVE).astype(int).astype(str), "")
+    out["decision"] = np.where(scored, decisions, "")
     out["threshold"], out["stage"] = threshold, stage
     return out
 

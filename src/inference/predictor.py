@@ -114,7 +114,6 @@ class Predictor:
         config = s.get("config") or {}
         self.training_data = config.get("METADATA_CSV")
         self.synthetic = synthetic_training_data(s)
-        self.tta = calibration_tta(s, None, self.path)  # the views the threshold was fitted on
         self._calibration = {k: s.get(k) for k in ("calibration_tta", "calibrated_on")}
         self.metrics = s.get("metrics") or {}
         self.epoch = s.get("epoch")
@@ -132,7 +131,7 @@ class Predictor:
             "calibrated_on": self.calibrated_on,
             "calibrated_at": self.calibrated_at,
             "threshold_rule": self.threshold_rule,
-            "calibration_tta": self.tta,
+            "calibration_tta": self.views(None),  # the views the threshold was fitted on
             "training_data": self.training_data,
             "synthetic_training_data": self.synthetic,
             "epoch": self.epoch,

@@ -301,9 +301,8 @@ def decode_error(e: ImageDecodeError) -> HTTPException:
 
 @api.get("/health")
 def health():
-    if (
-        getattr(api.state, "predictor", None) is None
-    ):  # never report healthy without a model (Docker's health check reads this)
+    # Never healthy without a model (Docker's health check reads this).
+    if getattr(api.state, "predictor", None) is None:
         return JSONResponse({"status": "no model loaded", "model_loaded": False}, 503)
     return {"status": "ok", "model_loaded": True}
 
@@ -354,31 +353,36 @@ def report_folder(predictor) -> Path:
 @api.get("/report", response_class=HTMLResponse, include_in_schema=False)
 def report_html():
     """The evaluation report as a page, its plots inline; 404 when the model has none."""
-    folder = report_folder(api.state.predictor).resolve()
+    path = report_path("report.md")
     try:
-        path = (folder / "report.md").resolve()
-        if not path.is_relative_to(folder):  # a link out of the folder
-            raise OSError("outside the report folder")
-        text = read_regular_file(path, MAX_REPORT_JSON_BYTES)
-    except (OSError, ValueError, RuntimeError):
-        raise HTTPException(404, "this model has no evaluation report (run evaluate.py on it)") from None
+        text = read_regular_file(path, MAX_REPORT_JSON_BYTES) if path else None
+    except OSError:
+        text = None
+    if text is None:
+        raise HTTPException(404, "this model has no evaluation report (run evaluate.py on it)")
     return HTMLResponse(report_page(text.decode("utf-8", "replace")))
 
 
 @api.get("/report/{name:path}", include_in_schema=False)
 def report_file(name: str):
-    """The evaluation report beside the checkpoint, read-only; nothing outside that folder. Any
-    name that does not lead to one of its files (a NUL byte, a name too long for the file system,
-    a symlink loop) is a 404 like any other."""
+    """The evaluation report's files beside the checkpoint, read-only; a 404 for anything else."""
+    path = report_path(name)
+    if path is None:
+        raise HTTPException(404, "no such report file")
+    return FileResponse(path, media_type=REPORT_TYPES[path.suffix.lower()])
+
+
+def report_path(name: str) -> Path | None:
+    """The file `name` inside the checkpoint's eval/ folder, or None: nothing outside that folder,
+    no other file type, and no name that cannot lead to one of its files (a NUL byte, a name too
+    long for the file system, a symlink loop)."""
     folder = report_folder(api.state.predictor).resolve()
     try:
         path = (folder / name).resolve()
         found = path.is_relative_to(folder) and path.suffix.lower() in REPORT_TYPES and path.is_file()
     except (OSError, ValueError, RuntimeError):
         found = False
-    if not found:
-        raise HTTPException(404, "no such report file")
-    return FileResponse(path, media_type=REPORT_TYPES[path.suffix.lower()])
+    return path if found else None
 
 
 @api.post("/predict")

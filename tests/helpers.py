@@ -1,7 +1,10 @@
 """Helpers shared by the tests: paths, running a command as a user would, small generated images."""
 
+import contextlib
 import os
 import re
+import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +25,20 @@ needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real ISIC files 
 
 # A guard against a hung command, not a speed limit: a slow or loaded machine must never trip it.
 HANG_TIMEOUT_S = 1800
+
+
+@contextlib.contextmanager
+def file_size_limit(max_bytes: int):
+    """A real write failure in this process: the OS refuses to grow any file past `max_bytes` (EFBIG,
+    as a full disk gives ENOSPC), through the same C++ writer paths that a full disk takes."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write instead of killing
+    resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
 
 
 def run_script(*args, cwd=ROOT, timeout=HANG_TIMEOUT_S, env=None):

@@ -17,6 +17,8 @@ from src.core.model import (
 from src.core.runtime import Runtime
 from src.training.config import ConfigError, apply_overrides
 
+from helpers import file_size_limit
+
 DEFAULTS = {"BATCH_SIZE": 32, "LEARNING_RATE": 0.001, "AMP": True, "ARCH": "resnet50"}
 
 
@@ -147,6 +149,18 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path):
         back.std, model.std
     )  # normalisation travels along
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_failed_checkpoint_write_is_an_os_error_and_keeps_the_old_file(tmp_path):
+    import errno
+
+    path = tmp_path / "last.pth"
+    save_checkpoint({"epoch": 1}, path)
+    old = path.read_bytes()
+    with file_size_limit(4096), pytest.raises(OSError) as caught:  # torch alone says "unexpected pos"
+        save_checkpoint({"epoch": 2, "weights": torch.zeros(10_000)}, path)
+    assert caught.value.errno == errno.EFBIG
+    assert path.read_bytes() == old and not list(tmp_path.glob(".*.tmp"))
 
 
 class Evil:

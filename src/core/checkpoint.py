@@ -47,8 +47,39 @@ def weights_digest(state: dict) -> str:
     return digest.hexdigest()
 
 
+class _KeepWriteError:
+    """A file wrapper that remembers the OSError of a failed write. torch.save reports a full disk or
+    a file-size limit as an opaque RuntimeError from its C++ writer ("unexpected pos 704 vs 598");
+    the OSError lets the caller say what happened and where."""
+
+    def __init__(self, file):
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
 def save_checkpoint(obj: dict, path: str | Path) -> None:
-    replace_atomically(path, lambda tmp: torch.save(obj, tmp))
+    """Write `obj` with torch.save, atomically; a failed write raises its OSError (e.g. ENOSPC)."""
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            sink = _KeepWriteError(f)
+            try:
+                torch.save(obj, sink)
+            except RuntimeError:
+                if sink.error is None:
+                    raise
+                raise sink.error from None
+
+    replace_atomically(path, write)
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:

@@ -47,7 +47,7 @@ def weights_digest(state: dict) -> str:
     return digest.hexdigest()
 
 
-class _KeepWriteError:
+class _WriteFailureRecorder:
     """A file wrapper that remembers the OSError of a failed write. torch.save reports a full disk or
     a file-size limit as an opaque RuntimeError from its C++ writer ("unexpected pos 704 vs 598");
     the OSError lets the caller say what happened and where."""
@@ -71,7 +71,7 @@ def save_checkpoint(obj: dict, path: str | Path) -> None:
 
     def write(tmp):
         with open(tmp, "wb") as f:
-            sink = _KeepWriteError(f)
+            sink = _WriteFailureRecorder(f)
             try:
                 torch.save(obj, sink)
             except RuntimeError:

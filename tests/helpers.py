@@ -1,6 +1,8 @@
 """Helpers shared by the tests: paths, running a command as a user would, small generated images."""
 
 import contextlib
+import importlib
+import io
 import os
 import re
 import resource
@@ -16,6 +18,7 @@ import cv2
 import httpx
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ISIC_SHARED", ROOT.parent / "shared" / "isic-real"))
@@ -41,8 +44,46 @@ def file_size_limit(max_bytes: int):
         signal.signal(signal.SIGXFSZ, old_handler)
 
 
-def run_script(*args, cwd=ROOT, timeout=HANG_TIMEOUT_S, env=None):
-    """Run one of the project's commands as a user would, from the repository root."""
+def run_script(*args, cwd=ROOT, env=None):
+    """Run one of the project's commands as `python SCRIPT ARGS` would, but in this process: its
+    `main(argv)` with stdout and stderr captured, in `cwd`, with `env` added to the environment.
+    Every command is a `main` wrapped by src.errors.command, so the exit code and the one `error:`
+    line are the same as in a new interpreter, without paying 5-7 s to import torch again. Tests of
+    the process itself (signals, crash isolation, the script's own entry point) use run_process."""
+    script = str(args[0])
+    module = importlib.import_module(script.removesuffix(".py").replace("/", "."))
+    out, err = io.StringIO(), io.StringIO()
+    threads = torch.get_num_threads()  # a command may set its own (THREADS): the next test keeps ours
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(contextlib.chdir(cwd))
+        stack.enter_context(environment(env or {}))
+        stack.enter_context(contextlib.redirect_stdout(out))
+        stack.enter_context(contextlib.redirect_stderr(err))
+        try:
+            code = module.main([str(a) for a in args[1:]])
+        except SystemExit as e:  # argparse's usage errors and --help
+            code = e.code if isinstance(e.code, int) or e.code is None else (print(e.code, file=err) or 1)
+        finally:
+            torch.set_num_threads(threads)
+    return subprocess.CompletedProcess([script, *args[1:]], code or 0, out.getvalue(), err.getvalue())
+
+
+@contextlib.contextmanager
+def environment(added: dict):
+    saved = {key: os.environ.get(key) for key in added}
+    os.environ.update({key: str(value) for key, value in added.items()})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def run_process(*args, cwd=ROOT, timeout=HANG_TIMEOUT_S, env=None):
+    """Run a script in a new interpreter, exactly as a user types it (from the repository root)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     script = ROOT / str(args[0])  # scripts are named from the repository root, wherever they run
     return subprocess.run(

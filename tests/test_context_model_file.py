@@ -16,7 +16,7 @@ from src.core.trees import Forest, TreeModelError
 from src.data.splits import assign_folds
 from src.training import context as C
 
-from helpers import ROOT, patients_table, run_script, start_and_fail
+from helpers import ROOT, patients_table, run_process, run_script, start_and_fail
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +209,7 @@ def test_commands_stop_with_one_error_line(trained, trained_run, demo_dir, tmp_p
 def test_fuzzed_tree_text_never_crashes_hangs_or_gives_a_non_finite_risk(trained):
     """300 mutants of the trained model's tree text (indices, counts, sizes, thresholds, deleted or
     repeated lines, truncation), each loaded and scored in its own child process."""
-    r = run_script("tests/context_fuzz.py", trained[0], 300, 0)
+    r = run_process("tests/context_fuzz.py", trained[0], 300, 0)
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     outcomes = {row["outcome"] for row in rows}

@@ -13,7 +13,7 @@ import torch
 
 from src.core.checkpoint import load_checkpoint, load_model, save_checkpoint
 
-from helpers import HANG_TIMEOUT_S, ROOT, file_size_limit, run_script, tiny_train_args
+from helpers import HANG_TIMEOUT_S, ROOT, file_size_limit, run_process, run_script, tiny_train_args
 
 EPOCH_KEYS = {
     "epoch",
@@ -167,7 +167,7 @@ def test_existing_run_is_not_overwritten(demo_dir, trained_run):
 
 @pytest.mark.slow
 def test_no_data_explains_how_to_get_it_and_the_demo(tmp_path):
-    r = run_script("src/training/train.py", f"--CHECKPOINT_DIR={tmp_path / 'c'}", cwd=tmp_path)
+    r = run_process("src/training/train.py", f"--CHECKPOINT_DIR={tmp_path / 'c'}", cwd=tmp_path)
     assert r.returncode == 1 and "No ISIC data found" in r.stderr
     assert "isic image download" in r.stderr and "python src/training/train.py --demo" in r.stderr
 

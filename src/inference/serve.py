@@ -146,8 +146,9 @@ def load_models() -> tuple[Predictor, ContextModel | None]:
         raise StartupError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
     if context is not None and not context.uses_image_score:
         raise StartupError(
-            f"CONTEXT_MODEL {os.environ['CONTEXT_MODEL']} was trained without image scores "
-            f"(context.py without --oof): it would ignore the images; serve a fused model"
+            f"CONTEXT_MODEL {os.environ['CONTEXT_MODEL']} was trained without image scores (context.py "
+            f"without --oof, or its fused stage scored lower): it would ignore the images; "
+            f"serve a fused model"
         )
     return predictor, context
 

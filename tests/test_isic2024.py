@@ -58,6 +58,7 @@ def train_tiny(images: str, out):
         f"--METADATA_CSV={D / 'train-metadata.csv'}",
         f"--CHECKPOINT_DIR={out}",
         "--MALIGNANT_NON_MELANOMA=positive",
+        "--ARCH=resnet18",
         "--PRETRAINED=False",
         "--IMG_SIZE=32",
         "--BATCH_SIZE=16",

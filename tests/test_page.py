@@ -86,7 +86,7 @@ def test_upload_results_errors_model_card_and_report(served, tmp_path):
         assert "Research software, not a diagnosis" in driver.find_element(By.TAG_NAME, "body").text
         card = wait_for(
             lambda: (
-                "resnet50" in driver.find_element(By.ID, "model").text and driver.find_element(By.ID, "model")
+                "resnet18" in driver.find_element(By.ID, "model").text and driver.find_element(By.ID, "model")
             )
         )
         assert "Validation ROC AUC" in card.text and "sensitivity >= 0.90" in card.text

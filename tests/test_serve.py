@@ -136,7 +136,7 @@ def test_explain_returns_a_grad_cam_png(service):
 def test_model_info_and_docs(service):
     url, _ = service
     info = httpx.get(url + "/model").json()
-    assert info["architecture"] == "resnet50" and info["image_size"] == 32 and "threshold" in info
+    assert info["architecture"] == "resnet18" and info["image_size"] == 32 and "threshold" in info
     assert "val_auc" in info["training_metrics"]
     assert "Not a medical device" in httpx.get(url + "/openapi.json").json()["info"]["description"]
 
@@ -164,7 +164,7 @@ def test_report_route_answers_404_to_any_other_name(report_service, name):
 
 def test_model_card_survives_a_malformed_report(report_service):
     r = httpx.get(report_service + "/model")
-    assert r.status_code == 200 and r.json()["evaluation"] is None and r.json()["architecture"] == "resnet50"
+    assert r.status_code == 200 and r.json()["evaluation"] is None and r.json()["architecture"] == "resnet18"
 
 
 def test_security_headers_and_no_cdn(report_service):

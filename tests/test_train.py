@@ -55,7 +55,7 @@ def test_tiny_run_writes_checkpoints_history_and_split(demo_dir, tmp_path):
     assert sorted(p.name for p in out.glob("*.pth")) == sorted([best.name, "best.pth", "last.pth"])
     assert (out / "best.pth").read_bytes() == best.read_bytes()  # the stable name of the best epoch
     ckpt = torch.load(best, weights_only=True)
-    assert ckpt["img_size"] == 32 and ckpt["arch"] == "resnet50" and ckpt["config"]["PRETRAINED"] is False
+    assert ckpt["img_size"] == 32 and ckpt["arch"] == "resnet18" and ckpt["config"]["PRETRAINED"] is False
     assert ckpt["metrics"]["val_auc"] == h["best_val_auc"] and "torch" in ckpt["versions"]
     last = load_checkpoint(out / "last.pth")
     assert {"optimizer", "scheduler", "rng", "history"} <= set(last)

@@ -41,9 +41,19 @@ def trained_run(demo_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
-    """The real `--demo` preset cut to one epoch: (checkpoint dir, best checkpoint), 240 validation images."""
+    """The real `--demo` preset (ResNet50, 64 px, 1,200 synthetic images, 240 for validation):
+    (checkpoint dir, best checkpoint, data dir). Trained here for one epoch, unless DEMO_RUN names a
+    finished `--demo` run: .ci/run trains the full demo just before the suite and lends it (read only:
+    the tests write their exports and predictions to their own folders)."""
     import json
+    import os
+    from pathlib import Path
 
+    if os.environ.get("DEMO_RUN"):
+        out = Path(os.environ["DEMO_RUN"]).resolve()
+        history = json.loads((out / "training_history.json").read_text())
+        assert history["config"].get("DEMO") is True, f"DEMO_RUN={out} is not a --demo run"
+        return out, out / history["best_checkpoint"], Path(history["config"]["DATA_DIR"]).resolve()
     root = tmp_path_factory.mktemp("demo_run")
     out = root / "checkpoints"
     r = run_script(
@@ -57,7 +67,7 @@ def demo_run(tmp_path_factory):
     )
     assert r.returncode == 0, r.stderr
     history = json.loads((out / "training_history.json").read_text())
-    return out, out / history["best_checkpoint"]
+    return out, out / history["best_checkpoint"], root / "demo"
 
 
 @pytest.fixture(scope="session")

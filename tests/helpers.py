@@ -206,6 +206,20 @@ def stop_service(proc):
     assert not errors and "Traceback" not in log, log[-3000:]
 
 
+def refusal_at_start_up(model_path, **env) -> str:
+    """Start the app in this process (FastAPI's TestClient runs its lifespan) on a model it must
+    refuse, and return the refusal. What a refusal prints in a real process (one `error:` line, no
+    traceback) is checked by start_and_fail, under plain uvicorn and under the documented command."""
+    from fastapi.testclient import TestClient
+
+    from src.inference.serve import StartupError, app
+
+    with environment({"MODEL_PATH": model_path, **env}), pytest.raises(StartupError) as refused:
+        with TestClient(app):
+            pass
+    return str(refused.value)
+
+
 def start_and_fail(model_path, *command, **env):
     """Start the service (plain uvicorn unless a command is given) on a model it must refuse."""
     command = command or ("-m", "uvicorn", "src.inference.serve:app")

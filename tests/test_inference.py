@@ -183,7 +183,7 @@ def test_onnx_export_parity_and_int8_on_any_x86_cpu(demo_run, exported, tmp_path
 
     from src.data.labels import load_labeled_images
 
-    out_dir, best = demo_run
+    _, best, data_dir = demo_run
     onnx_fp32, onnx_int8, stdout = exported
     assert "tolerance 0.0001" in stdout
     # 7-bit weights: without VNNI (AVX2 only), full-range int8 weights saturate ONNX Runtime's
@@ -191,7 +191,7 @@ def test_onnx_export_parity_and_int8_on_any_x86_cpu(demo_run, exported, tmp_path
     graph = onnx.load(str(onnx_int8)).graph
     weights = [numpy_helper.to_array(w) for w in graph.initializer if w.data_type == onnx.TensorProto.INT8]
     assert len(weights) > 50 and max(np.abs(w.astype(int)).max() for w in weights) <= 64
-    data = load_labeled_images(str(out_dir.parent / "demo" / "metadata.csv"), str(out_dir.parent / "demo"))
+    data = load_labeled_images(str(data_dir / "metadata.csv"), str(data_dir))
     x = torch.stack([load_input(p, 64) for p in data.table["path"]])
     y = data.table["target"].to_numpy()
     torch_model = Predictor(best)
@@ -210,7 +210,7 @@ def test_onnx_export_parity_and_int8_on_any_x86_cpu(demo_run, exported, tmp_path
         "src/inference/predict.py",
         "--checkpoint",
         onnx_int8,
-        out_dir.parent / "demo",
+        data_dir,
         "--out",
         tmp_path / "int8.csv",
         "--workers",

@@ -6,7 +6,7 @@ import json
 import httpx
 import pytest
 
-from helpers import start_and_fail, start_service, stop_service
+from helpers import refusal_at_start_up, start_service, stop_service
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +138,5 @@ def test_triage_without_a_context_model_ranks_by_the_image(trained_run, demo_dir
 
 
 def test_a_context_model_without_image_scores_stops_start_up(trained_run, context_model):
-    r = start_and_fail(
-        trained_run[1], "src/inference/serve.py", CONTEXT_MODEL=str(context_model / "alone.json")
-    )
-    assert r.returncode == 3 and "trained without image scores" in r.stderr, r.stderr
+    refusal = refusal_at_start_up(trained_run[1], CONTEXT_MODEL=context_model / "alone.json")
+    assert "trained without image scores" in refusal

@@ -127,12 +127,8 @@ def test_a_bad_file_in_a_triage_names_the_file(triage_service, demo_dir):
     assert too_many.status_code == 413
 
 
-def test_triage_without_a_context_model_ranks_by_the_image(trained_run, demo_dir):
-    proc, url = start_service(trained_run[1])
-    try:
-        r = httpx.post(url + "/triage", files=lesions(demo_dir, 3), timeout=60)
-    finally:
-        stop_service(proc)
+def test_triage_without_a_context_model_ranks_by_the_image(plain_service, demo_dir):
+    r = httpx.post(plain_service + "/triage", files=lesions(demo_dir, 3), timeout=60)
     assert r.status_code == 200 and r.json()["context_stage"] is False
     assert sorted(x["ugly_duckling_rank"] for x in r.json()["lesions"]) == [1, 2, 3]
 

@@ -14,7 +14,7 @@ from src.core.metrics import roc_auc
 from src.data.transforms import load_input
 from src.inference.predictor import Predictor
 
-from helpers import run_script
+from helpers import file_size_limit, run_script
 
 
 def test_cli_predictions_equal_evaluation_probabilities(trained_run, demo_dir, tmp_path):
@@ -219,6 +219,16 @@ def test_onnx_export_parity_and_int8_on_any_x86_cpu(demo_run, exported, tmp_path
     assert r.returncode == 0, r.stderr
     rows = pd.read_csv(tmp_path / "int8.csv", keep_default_na=False)
     assert len(rows) == 1200 and (rows["error"] == "").all() and rows["target"].between(0, 1).all()
+
+
+def test_an_export_onto_a_full_disk_says_so_and_leaves_nothing(trained_run, tmp_path):
+    """The ONNX writers report a full disk as a bare short write that names no file."""
+    out = tmp_path / "m.onnx"
+    with file_size_limit(1_000_000):  # ResNet18's weights are 45 MB: the OS refuses half-way
+        r = run_script("src/inference/export.py", "--checkpoint", trained_run[1], "--out", out)
+    assert r.returncode == 1 and r.stderr.startswith("error: could not write the ONNX model ("), r.stderr
+    assert f"is there room in {tmp_path}" in r.stderr and len(r.stderr.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow

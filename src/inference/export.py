@@ -227,10 +227,25 @@ def export(args) -> dict:
     return result
 
 
+def explained(e: OSError, args) -> ExportError:
+    """The ONNX writers report a full disk as a bare short write ("524288 requested and 82144
+    written", from numpy), naming no file: say which files were being written."""
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".onnx")
+    return ExportError(
+        f"could not write the ONNX model ({e}): is there room in {out.parent.resolve()} and in the "
+        f"temporary folder {tempfile.gettempdir()}? An unchecked model is never left at {out}"
+    )
+
+
 @command
 def main(argv=None) -> int:
     args = parse_args(argv)
-    result = export(args)
+    try:
+        result = export(args)
+    except OSError as e:
+        if e.filename is not None:  # already names its file
+            raise
+        raise explained(e, args) from e
     print(
         f"wrote {result['onnx']}: max |p_onnx - p_pytorch| = {result['parity_max_abs_diff']:.2e} "
         f"on {min(64, result['images'])} real images (tolerance {PARITY_TOLERANCE})"

@@ -61,8 +61,10 @@ def run_script(*args, cwd=ROOT, env=None):
         stack.enter_context(contextlib.redirect_stderr(err))
         try:
             code = module.main([str(a) for a in args[1:]])
-        except SystemExit as e:  # argparse's usage errors and --help
-            code = e.code if isinstance(e.code, int) or e.code is None else (print(e.code, file=err) or 1)
+        except SystemExit as e:  # argparse's usage errors and --help; sys.exit("message")
+            if isinstance(e.code, str):
+                print(e.code, file=err)
+            code = e.code if isinstance(e.code, int) or e.code is None else 1
         finally:
             torch.set_num_threads(threads)
     return subprocess.CompletedProcess([script, *args[1:]], code or 0, out.getvalue(), err.getvalue())

@@ -213,7 +213,7 @@ def export(args) -> dict:
     ckpt_path = Path(args.checkpoint)
     ckpt = load_checkpoint(ckpt_path)
     model = model_from_checkpoint(ckpt)
-    out = Path(args.out) if args.out else ckpt_path.with_suffix(".onnx")
+    out = onnx_path(args)
     settings = settings_of(ckpt, ckpt_path.name)
     x, labels = real_inputs(ckpt, ckpt_path, args.images, args.calibration_images)
     result = {"onnx": str(out), "images": len(x)}
@@ -227,10 +227,13 @@ def export(args) -> dict:
     return result
 
 
-def explained(e: OSError, args) -> ExportError:
+def onnx_path(args) -> Path:
+    return Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".onnx")
+
+
+def write_failure(e: OSError, out: Path) -> ExportError:
     """The ONNX writers report a full disk as a bare short write ("524288 requested and 82144
-    written", from numpy), naming no file: say which files were being written."""
-    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".onnx")
+    written", from numpy), naming no file: say which folders were being written to."""
     return ExportError(
         f"could not write the ONNX model ({e}): is there room in {out.parent.resolve()} and in the "
         f"temporary folder {tempfile.gettempdir()}? An unchecked model is never left at {out}"
@@ -245,7 +248,7 @@ def main(argv=None) -> int:
     except OSError as e:
         if e.filename is not None:  # already names its file
             raise
-        raise explained(e, args) from e
+        raise write_failure(e, onnx_path(args)) from e
     print(
         f"wrote {result['onnx']}: max |p_onnx - p_pytorch| = {result['parity_max_abs_diff']:.2e} "
         f"on {min(64, result['images'])} real images (tolerance {PARITY_TOLERANCE})"

@@ -8,7 +8,6 @@ Writes go to a temporary file and are renamed into place, so a crash leaves the 
 from __future__ import annotations
 
 import hashlib
-import math
 import pickle
 import platform
 import zipfile
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 import torchvision
 
+from src.core.metrics import finite_number
 from src.core.model import ARCHITECTURES, IMG_SIZE_RANGE, MelanomaNet
 from src.data.atomic import replace_atomically
 from src.errors import ProjectError
@@ -109,11 +109,6 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         raise CheckpointError(f"{path} lacks {missing}; it may come from an incompatible version")
     check_settings(ckpt, path)
     return ckpt
-
-
-def finite_number(value) -> bool:
-    """A real int or float (not a bool), neither NaN nor infinite: what a setting read from a file must be."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_settings(s: dict, source) -> None:

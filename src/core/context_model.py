@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 
 from src.core import metrics as M
-from src.core.checkpoint import finite_number
 from src.core.trees import Forest
 from src.data.atomic import atomic_write_json, read_regular_file
 from src.data.metadata import COLUMNS, split_groups
@@ -127,9 +126,9 @@ def checked_fields(body: dict) -> dict:
     if not all(isinstance(fields[k], bool) for k in ("lesion_features", "uses_image_score")):
         raise ValueError("'lesion_features' and 'uses_image_score' must be true or false")
     ok = {
-        "temperature": finite_number(fields["temperature"]) and fields["temperature"] > 0,
-        "bias": finite_number(fields["bias"]),
-        "threshold": finite_number(fields["threshold"]) and 0 <= fields["threshold"] <= 1,
+        "temperature": M.finite_number(fields["temperature"]) and fields["temperature"] > 0,
+        "bias": M.finite_number(fields["bias"]),
+        "threshold": M.finite_number(fields["threshold"]) and 0 <= fields["threshold"] <= 1,
     }
     bad = [k for k, good in ok.items() if not good]
     if bad:

@@ -247,6 +247,12 @@ def calibrated(logits, temperature: float = 1.0, bias: float = 0.0):
     return sigmoid(np.asarray(logits, dtype=np.float64) / temperature + bias)
 
 
+def finite_number(value) -> bool:
+    """A real int or float (not a bool), neither NaN nor infinite: what a temperature, bias, threshold
+    or any other number read from a checkpoint or a context model must be."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def operating_metrics(y, p, threshold, groups, n, seed) -> tuple[dict, dict]:
     op = at_threshold(y, p, threshold)
     keys = ("sensitivity", "specificity", "balanced_accuracy", "ppv", "npv", "f1")

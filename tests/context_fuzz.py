@@ -11,16 +11,16 @@ mutant: {"mutation", "outcome": refused | finite | nonfinite | crash | hang, "re
 """
 
 import json
-import multiprocessing
-import os
 import sys
 from pathlib import Path
 
 import lightgbm as lgb  # imported here, used only in children: importing starts no OpenMP thread
 import numpy as np
 
+from src.core import metrics as M
 from src.core.context_model import ContextError, ContextModel
 
+from children import in_child
 from helpers import patients_table
 
 TREE_FIELDS = ["left_child", "right_child", "split_feature", "decision_type", "threshold", "leaf_value"]
@@ -28,7 +28,6 @@ TREE_FIELDS += ["num_leaves", "num_cat", "cat_boundaries", "cat_threshold", "is_
 HEADER_FIELDS = ["num_tree_per_iteration", "num_class", "max_feature_idx", "tree_sizes", "version"]
 VALUES = ["-1", "0", "1", "2", "3", "7", "-8", "2147483648", "-2147483649", "99999999999", "nan"]
 VALUES += ["inf", "-inf", "1e308", "-1e308", "", "x", "0.5", "1e-40", "4294967296"]
-TIMEOUT_S = 20
 
 
 def table_and_logits():
@@ -67,11 +66,10 @@ def load_and_score(path: str, table, logits) -> dict:
         model = ContextModel.load(path)
     except ContextError as e:
         return {"outcome": "refused", "reason": str(e)}
-    image = logits if model.uses_image_score else None
-    p = model.probabilities(table, image)
+    margins = model.margins(table, logits if model.uses_image_score else None)
+    p = M.calibrated(margins, model.temperature, model.bias)  # what model.probabilities gives
     finite = bool(np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all())
-    x = model.features_for(table, image).to_numpy(np.float64)
-    return {"outcome": "finite" if finite else "nonfinite", "margins": model.margins(table, image), "x": x}
+    return {"outcome": "finite" if finite else "nonfinite", "margins": margins}
 
 
 def lightgbm_margins(boosters: list[str], x: np.ndarray) -> np.ndarray:
@@ -80,41 +78,13 @@ def lightgbm_margins(boosters: list[str], x: np.ndarray) -> np.ndarray:
     return np.mean([lgb.Booster(model_str=t).predict(x, raw_score=True) for t in texts], axis=0)
 
 
-def _child(fn, args, conn):
-    quiet = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(quiet, 1)  # LightGBM prints its fatal errors to stdout, which carries the results
-    os.dup2(quiet, 2)
-    try:
-        conn.send(fn(*args))
-    except BaseException as e:  # an exception is an answer too; only a dead process is a crash
-        conn.send({"outcome": "exception", "reason": f"{type(e).__name__}: {e}"})
-
-
-def in_child(fn, *args) -> dict:
-    ctx = multiprocessing.get_context("fork")
-    receive, send = ctx.Pipe(duplex=False)
-    process = ctx.Process(target=_child, args=(fn, args, send))
-    process.start()
-    send.close()
-    try:
-        answer = receive.recv() if receive.poll(TIMEOUT_S) else None
-    except EOFError:  # the child died without answering
-        answer = None
-    process.join(5)
-    if process.is_alive():
-        process.kill()
-        process.join()
-        return {"outcome": "hang"}
-    if answer is None:
-        return {"outcome": "crash", "reason": f"exit code {process.exitcode}"}
-    return answer
-
-
 def main(model_path: str, mutants: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     body = json.loads(Path(model_path).read_text())
     work = Path(model_path).with_name("mutant.json")
     table, logits = table_and_logits()
+    # Mutants change tree text only, never the feature settings: every one that loads gets these inputs.
+    x = ContextModel.load(model_path).features_for(table, logits).to_numpy(np.float64)
     for _ in range(mutants):
         k = int(rng.integers(len(body["boosters"])))
         what, text = mutate_text(body["boosters"][k], rng)
@@ -124,7 +94,7 @@ def main(model_path: str, mutants: int, seed: int) -> None:
         row = {"mutation": f"booster {k}: {what}", "outcome": result["outcome"]}
         row |= {"reason": result.get("reason"), "lightgbm": None}
         if result["outcome"] == "finite":
-            ref = in_child(lightgbm_margins, mutant["boosters"], result["x"])
+            ref = in_child(lightgbm_margins, mutant["boosters"], x)
             if isinstance(ref, np.ndarray):
                 row["lightgbm"] = (
                     "same" if np.allclose(ref, result["margins"], rtol=0, atol=1e-9) else "differs"

@@ -1,4 +1,7 @@
-"""Helpers shared by the tests: paths, running a command as a user would, small generated images."""
+"""Helpers shared by the tests: paths, running a command as a user would, small generated images.
+
+torch, cv2 and httpx are imported where they are used: the fuzz scripts (tests/context_fuzz.py)
+import this module and fork once per case, which is several times slower once torch is loaded."""
 
 import contextlib
 import importlib
@@ -10,15 +13,13 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import cv2
-import httpx
 import numpy as np
 import pytest
-import torch
+
+from warm_process import WarmProcess, run_warm
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ISIC_SHARED", ROOT.parent / "shared" / "isic-real"))
@@ -49,7 +50,10 @@ def run_script(*args, cwd=ROOT, env=None):
     `main(argv)` with stdout and stderr captured, in `cwd`, with `env` added to the environment.
     Every command is a `main` wrapped by src.errors.command, so the exit code and the one `error:`
     line are the same as in a new interpreter, without paying 5-7 s to import torch again. Tests of
-    the process itself (signals, crash isolation, the script's own entry point) use run_process."""
+    the process itself (signals, crash isolation) start a real one (tests/warm_process.py), and those
+    of the script's own entry point a new interpreter (run_process)."""
+    import torch
+
     script = str(args[0])
     module = importlib.import_module(script.removesuffix(".py").replace("/", "."))
     out, err = io.StringIO(), io.StringIO()
@@ -99,6 +103,8 @@ def run_process(*args, cwd=ROOT, timeout=HANG_TIMEOUT_S, env=None):
 
 
 def write_jpeg(path, rgb, quality=92):
+    import cv2
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     assert cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
@@ -172,18 +178,22 @@ def free_port() -> int:
 
 
 def start_service(model_path, **env):
-    """The documented command: python src/inference/serve.py. Its log goes to a file (a pipe nobody
-    reads would block the service once full), which stop_service reads for 5xx answers."""
+    """The documented command, python src/inference/serve.py, in a real process started from the
+    fork server (tests/warm_process.py). Its log goes to a file (a pipe nobody reads would block the
+    service once full), which stop_service reads for 5xx answers."""
+    import httpx
+
     port = free_port()
-    with tempfile.NamedTemporaryFile(prefix="service-", suffix=".log", delete=False) as log:
-        proc = subprocess.Popen(
-            [sys.executable, "src/inference/serve.py", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "MODEL_PATH": str(model_path), "THREADS": "2", **env},
-        )
-    proc.log = Path(log.name)
+    proc = WarmProcess(
+        "src/inference/serve.py",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        port,
+        cwd=ROOT,
+        env={"MODEL_PATH": model_path, "THREADS": "2", **env},
+        log=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + HANG_TIMEOUT_S
     while time.time() < deadline:
@@ -193,7 +203,7 @@ def start_service(model_path, **env):
             if httpx.get(url + "/health", timeout=1).status_code == 200:
                 return proc, url
         except httpx.HTTPError:
-            time.sleep(0.2)
+            time.sleep(0.1)
     proc.kill()
     raise AssertionError("service did not start")
 
@@ -203,7 +213,7 @@ def stop_service(proc):
     proc.terminate()
     proc.wait(timeout=20)
     log = proc.log.read_text(errors="replace")
-    proc.log.unlink()
+    proc.remove_files()
     errors = [line for line in log.splitlines() if re.search(r'HTTP/1\.[01]" 5\d\d', line)]
     assert not errors and "Traceback" not in log, log[-3000:]
 
@@ -223,13 +233,8 @@ def refusal_at_start_up(model_path, **env) -> str:
 
 
 def start_and_fail(model_path, *command, **env):
-    """Start the service (plain uvicorn unless a command is given) on a model it must refuse."""
+    """Start the service (plain uvicorn unless a command is given) on a model it must refuse: a real
+    process from the fork server (tests/warm_process.py), with its exit code, stdout and stderr."""
     command = command or ("-m", "uvicorn", "src.inference.serve:app")
-    return subprocess.run(
-        [sys.executable, *command, "--port", str(free_port())],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=HANG_TIMEOUT_S,
-        env={**os.environ, "MODEL_PATH": str(model_path), **env},
-    )
+    env = {"MODEL_PATH": model_path, **env}
+    return run_warm(*command, "--port", free_port(), cwd=ROOT, env=env, timeout=HANG_TIMEOUT_S)

@@ -190,7 +190,9 @@ def test_onnx_export_parity_and_int8_on_any_x86_cpu(demo_run, exported, tmp_path
     # 16-bit pair sums and the same model scores differently (export.py, docs/deployment.md).
     graph = onnx.load(str(onnx_int8)).graph
     weights = [numpy_helper.to_array(w) for w in graph.initializer if w.data_type == onnx.TensorProto.INT8]
-    assert len(weights) > 50 and max(np.abs(w.astype(int)).max() for w in weights) <= 64
+    layers = [m for m in Predictor(best).model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert len([w for w in weights if w.ndim >= 2]) == len(layers)  # every layer's weights are int8
+    assert max(np.abs(w.astype(int)).max() for w in weights) <= 64
     data = load_labeled_images(str(data_dir / "metadata.csv"), str(data_dir))
     x = torch.stack([load_input(p, 64) for p in data.table["path"]])
     y = data.table["target"].to_numpy()

@@ -349,7 +349,7 @@ def test_explain_memory_stays_flat():
     for _ in range(5):
         grad_cam(model, image)
     before = live_tensors()
-    for _ in range(1000):
+    for _ in range(100):  # the leak kept two tensors a call: 200 here, against a margin of 5
         grad_cam(model, image)
     assert live_tensors() - before <= 5
     assert all(p.grad is None for p in model.parameters())

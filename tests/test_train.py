@@ -14,6 +14,7 @@ import torch
 from src.core.checkpoint import load_checkpoint, load_model, save_checkpoint
 
 from helpers import HANG_TIMEOUT_S, ROOT, file_size_limit, run_process, run_script, tiny_train_args
+from warm_process import WarmProcess
 
 EPOCH_KEYS = {
     "epoch",
@@ -89,13 +90,8 @@ def wait_for_epochs(out, n, proc, timeout=HANG_TIMEOUT_S):
 
 
 def start(args):
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / args[0]), *args[1:]],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    """A real training process, to kill or interrupt (started from the fork server: tests/warm_process.py)."""
+    return WarmProcess(*args, cwd=ROOT)
 
 
 @pytest.mark.slow

@@ -174,3 +174,22 @@ def test_damaged_files_are_refused_never_crash_or_hang(crafted, tmp_path):
         row for row in rows if row["outcome"] not in ("read", "refused")
     ][:5]  # never an exception that escaped, a crash or a hang
     assert outcomes.count("refused") > 5 and outcomes.count("read") > 5
+
+
+def test_reading_members_gives_the_heaps_free_memory_back_regularly(tmp_path, monkeypatch):
+    """A worker reading member after member grew by about 60 KB per image without it (the measured
+    growth and its cause: src/data/images.py trim_heap, benchmarks/worker_memory.py)."""
+    import src.data.images as images
+
+    jpeg = write_jpeg(tmp_path / "a.jpg", gradient_image(40, 40)).read_bytes()
+    with h5py.File(tmp_path / "many.hdf5", "w") as f:
+        for i in range(2 * images.TRIM_EVERY):
+            f[f"ISIC_{i}"] = np.bytes_(jpeg)
+    trims = []
+    monkeypatch.setattr(images, "trim_heap", lambda: trims.append(1))
+    monkeypatch.setattr(images, "_member_reads", 0)
+    for path in index_images(tmp_path / "many.hdf5").values():
+        assert read_image_bytes(path) == jpeg
+    assert len(trims) == 2
+    monkeypatch.undo()
+    images.trim_heap()  # the real one runs (glibc) or does nothing (elsewhere), and never raises

@@ -8,6 +8,7 @@ import sys
 import time
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 import torch
 
@@ -52,6 +53,7 @@ def test_tiny_run_writes_checkpoints_history_and_split(demo_dir, tmp_path):
     h = history(out)
     assert [e["epoch"] for e in h["epochs"]] == [1, 2] and set(h["epochs"][0]) == EPOCH_KEYS
     assert h["config"]["IMG_SIZE"] == 32 and h["best_epoch"] in (1, 2) and h["skipped_files"] == 0
+    assert h["processes"] == 1 and h["global_batch"] == 16
     best = out / h["best_checkpoint"]
     assert sorted(p.name for p in out.glob("*.pth")) == sorted([best.name, "best.pth", "last.pth"])
     assert (out / "best.pth").read_bytes() == best.read_bytes()  # the stable name of the best epoch
@@ -111,6 +113,18 @@ def test_killed_run_resumes_to_the_same_history(demo_dir, tmp_path):
     for ea, eb in zip(a, b, strict=True):
         for key in EPOCH_KEYS - TIMING_KEYS:
             assert ea[key] == pytest.approx(eb[key], rel=1e-6, abs=1e-9), (ea["epoch"], key)
+
+
+@pytest.mark.slow
+def test_negative_sampling_trains_on_every_melanoma_and_as_many_fresh_benign_images(demo_dir, tmp_path):
+    out = tmp_path / "run"
+    r = run_script(*tiny_args(demo_dir, out, 1, "--NEGATIVES_PER_POSITIVE=1"))
+    assert r.returncode == 0, r.stderr
+    split = pd.read_csv(out / "split.csv")
+    melanoma = int(((split["split"] == "train") & (split["target"] == 1)).sum())
+    assert f"each epoch: all {melanoma} melanoma and {melanoma} fresh benign images" in r.stdout
+    assert "(pos_weight 1.0)" in r.stdout  # of what an epoch holds, not of the whole split
+    assert history(out)["config"]["NEGATIVES_PER_POSITIVE"] == 1
 
 
 @pytest.mark.slow
@@ -191,6 +205,7 @@ def test_two_process_gloo_run_matches_single_process_evaluation(demo_dir, tmp_pa
     assert r.returncode == 0, r.stderr[-3000:]
     assert "processes: 2" in r.stdout and r.stdout.count("Epoch 2/2") == 1  # rank 0 alone prints
     h = history(out)
+    assert h["processes"] == 2 and h["global_batch"] == 16  # BATCH_SIZE=8 per process
     # The validation AUC in the history covers the whole validation set (both ranks' shares):
     # recompute it in one process from the saved checkpoint and split.
     import pandas as pd
@@ -221,6 +236,8 @@ def test_two_process_gloo_run_matches_single_process_evaluation(demo_dir, tmp_pa
         ("--FOLD=5", "FOLD must be in 0..4"),
         ("--MALIGNANT_NON_MELANOMA=yes", "MALIGNANT_NON_MELANOMA must be one of"),
         ("--SELECT_BY=accuracy", "SELECT_BY must be one of"),
+        ("--NEGATIVES_PER_POSITIVE=-1", "NEGATIVES_PER_POSITIVE cannot be negative"),
+        ("--IMBALANCE=sampler --NEGATIVES_PER_POSITIVE=5", "both choose what an epoch holds"),
     ],
 )
 def test_bad_settings_stop_before_any_work(demo_dir, tmp_path, capsys, setting, message):
@@ -228,7 +245,7 @@ def test_bad_settings_stop_before_any_work(demo_dir, tmp_path, capsys, setting, 
     from src.training import train
 
     out = tmp_path / "run"
-    assert train.main(tiny_args(demo_dir, out, 1, setting)[1:]) == 2
+    assert train.main(tiny_args(demo_dir, out, 1, *setting.split())[1:]) == 2
     assert message in capsys.readouterr().err and not out.exists()
 
 
@@ -347,7 +364,8 @@ def test_ctrl_c_during_a_save_waits_for_the_save_to_finish(tmp_path, monkeypatch
 
     monkeypatch.setattr(run_module, "plot_training_curves", plot_with_a_ctrl_c)
     out = tmp_path / "run"
-    run = run_module.RunDir(out, SimpleNamespace(RESUME=False, OVERWRITE=False, ARCH="resnet18", IMG_SIZE=32))
+    config = SimpleNamespace(RESUME=False, OVERWRITE=False, ARCH="resnet18", IMG_SIZE=32, BATCH_SIZE=16)
+    run = run_module.RunDir(out, config)
     (out / "split.csv").write_text("image_name\n")
     model = MelanomaNet("resnet18")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)

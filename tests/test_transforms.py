@@ -68,3 +68,26 @@ def test_balanced_sampler_draws_classes_equally():
     targets = np.array([1] * 20 + [0] * 980)
     drawn = targets[EpochSampler(targets, seed=0, balanced=True).indices()]
     assert 0.45 < drawn.mean() < 0.55
+
+
+def test_negative_sampling_takes_every_positive_and_fresh_negatives_each_epoch():
+    targets = np.array([1] * 10 + [0] * 1000)
+    s = EpochSampler(targets, seed=5, negatives_per_positive=3)
+    assert len(s) == 40 and s.positive_weight() == 3.0
+    epochs = []
+    for epoch in range(3):
+        s.set_epoch(epoch)
+        drawn = s.indices()
+        assert len(drawn) == len(set(drawn)) == 40  # without replacement
+        assert set(np.flatnonzero(targets == 1)) <= set(drawn)
+        epochs.append(set(drawn) - set(range(10)))
+    assert len(epochs[0] & epochs[1]) < 10 and epochs[0] != epochs[2]  # fresh negatives each epoch
+    s.set_epoch(1)
+    again = EpochSampler(targets, seed=5, negatives_per_positive=3)
+    again.set_epoch(1)
+    assert again.indices() == s.indices()  # (seed, epoch) decide: a resumed run draws the same
+    ranks = [EpochSampler(targets, seed=5, rank=r, world_size=2, negatives_per_positive=3) for r in (0, 1)]
+    shared = set(ranks[0].indices()) | set(ranks[1].indices())
+    assert len(shared) == 40 and len(ranks[0]) == len(ranks[1]) == 20
+    few = EpochSampler(np.array([1] * 10 + [0] * 15), seed=0, negatives_per_positive=3)
+    assert len(few) == 25 and few.positive_weight() == 1.5  # all 15 negatives, not 30

@@ -37,9 +37,9 @@ class RunExists(ProjectError):
 
 
 class RunDir:
-    def __init__(self, path: str | Path, config, rank: int = 0):
+    def __init__(self, path: str | Path, config, rank: int = 0, world_size: int = 1):
         """Check the folder's policy, then (rank 0) lock it for this process's lifetime."""
-        self.path, self.c, self.rank = Path(path), config, rank
+        self.path, self.c, self.rank, self.world_size = Path(path), config, rank, world_size
         self._check_policy()  # before the lock, so that a refused run leaves the folder untouched
         self._lock = self._take_lock() if rank == 0 else None
         self._check_policy()  # again: another run may have finished in between
@@ -173,6 +173,8 @@ class RunDir:
             {
                 "config": dict(vars(self.c)),
                 "versions": versions(),
+                "processes": self.world_size,  # BATCH_SIZE is per process: each step sees global_batch
+                "global_batch": self.c.BATCH_SIZE * self.world_size,
                 "epochs": history,
                 "best_epoch": best.get("epoch"),
                 "best_val_auc": best.get("val_auc"),

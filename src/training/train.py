@@ -74,6 +74,7 @@ WARMUP_EPOCHS = 0.5  # linear warm-up, then cosine decay to 0
 WEIGHT_DECAY = 0.01  # AdamW decoupled weight decay
 NUM_EPOCHS = 3  # passes over the training split
 IMBALANCE = "weighted_bce"  # "weighted_bce" (pos_weight = benign/melanoma), "focal", "sampler", "none"
+NEGATIVES_PER_POSITIVE = 0  # > 0: an epoch is every melanoma and this many times as many fresh benign images
 FOCAL_GAMMA = 2.0  # focusing strength when IMBALANCE = "focal"
 # speed
 NUM_WORKERS = -1  # DataLoader processes; -1: three quarters of the CPU cores, at most 12
@@ -125,7 +126,7 @@ def fit(c, rank: int, world: int, local_rank: int) -> int:
     random.seed(c.SEED)
     rt = Runtime.for_training(c.AMP, c.CHANNELS_LAST, rank, world, local_rank)
     log(f"Device: {rt.describe()}", rank=rank)
-    run = RunDir(c.CHECKPOINT_DIR, c, rank)  # resume/overwrite policy and a lock on the folder
+    run = RunDir(c.CHECKPOINT_DIR, c, rank, world)  # resume/overwrite policy and a lock on the folder
     table = load_data(c, rank)
     split = run.split(
         table,
@@ -207,6 +208,11 @@ def check_settings(c) -> None:
             c.IMBALANCE in IMBALANCE_CHOICES,
             f"IMBALANCE must be one of {IMBALANCE_CHOICES}, not {c.IMBALANCE!r}",
         ),
+        (c.NEGATIVES_PER_POSITIVE >= 0, "NEGATIVES_PER_POSITIVE cannot be negative"),
+        (
+            not (c.NEGATIVES_PER_POSITIVE and c.IMBALANCE == "sampler"),
+            'NEGATIVES_PER_POSITIVE and IMBALANCE="sampler" both choose what an epoch holds: use one',
+        ),
         (
             c.MALIGNANT_NON_MELANOMA in MALIGNANT_POLICIES,
             f"MALIGNANT_NON_MELANOMA must be one of {MALIGNANT_POLICIES}, not {c.MALIGNANT_NON_MELANOMA!r}",
@@ -282,6 +288,7 @@ def make_loaders(table, split, c, rt: Runtime):
         balanced=c.IMBALANCE == "sampler",
         rank=rt.rank,
         world_size=rt.world_size,
+        negatives_per_positive=c.NEGATIVES_PER_POSITIVE,
     )
     workers, pin = default_workers(c.NUM_WORKERS), rt.device.type == "cuda"
     train_ds = ImageDataset(train["path"], train["target"], c.IMG_SIZE)
@@ -297,13 +304,19 @@ def make_loaders(table, split, c, rt: Runtime):
         drop_last=len(sampler) > c.BATCH_SIZE,
     )  # no 1-image batch for BatchNorm
     val_loader = make_loader(val_ds, c.BATCH_SIZE * 2, val_shard, workers, pin, c.PREFETCH_FACTOR)
-    n_pos = int(train["target"].sum())
-    pos_weight = (len(train) - n_pos) / max(n_pos, 1)
+    pos_weight = sampler.positive_weight()  # of what an epoch holds: sampled negatives when sampling
+    sampling = (
+        f"; each epoch: all {len(sampler.positives):,} melanoma and {sampler.drawn_negatives:,} fresh "
+        f"benign images"
+        if c.NEGATIVES_PER_POSITIVE
+        else ""
+    )
     log(
         f"Split: {len(train):,} train / {len(val):,} val images, "
         f"{grouping_description(split)}{merge_summary(split)} "
         f"(saved to {Path(c.CHECKPOINT_DIR) / 'split.csv'}); imbalance: {c.IMBALANCE}"
-        + (f" (pos_weight {pos_weight:.1f})" if c.IMBALANCE == "weighted_bce" else ""),
+        + (f" (pos_weight {pos_weight:.1f})" if c.IMBALANCE == "weighted_bce" else "")
+        + sampling,
         rank=rt.rank,
     )
     names = {"train": train["image_name"].tolist(), "val": val["image_name"].tolist()}

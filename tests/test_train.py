@@ -14,7 +14,7 @@ import torch
 
 from src.core.checkpoint import load_checkpoint, load_model, save_checkpoint
 
-from helpers import HANG_TIMEOUT_S, ROOT, file_size_limit, run_process, run_script, tiny_train_args
+from helpers import HANG_TIMEOUT_S, ROOT, file_size_limit, free_port, run_process, run_script, tiny_train_args
 from warm_process import WarmProcess
 
 EPOCH_KEYS = {
@@ -182,30 +182,43 @@ def test_no_data_explains_how_to_get_it_and_the_demo(tmp_path):
     assert "isic image download" in r.stderr and "python src/training/train.py --demo" in r.stderr
 
 
-@pytest.mark.slow
-def test_two_process_gloo_run_matches_single_process_evaluation(demo_dir, tmp_path):
-    out = tmp_path / "ddp"
-    args = tiny_args(demo_dir, out, 2, "--BATCH_SIZE=8")
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            str(ROOT / args[0]),
-            *args[1:],
-        ],
+def torchrun(args, *launch: str) -> subprocess.Popen:
+    """train.py under torchrun (gloo on the CPU), one torch thread per process."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", *launch, str(ROOT / args[0]), *args[1:]],
         cwd=ROOT,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=HANG_TIMEOUT_S,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "processes: 2" in r.stdout and r.stdout.count("Epoch 2/2") == 1  # rank 0 alone prints
+
+
+def finished(proc: subprocess.Popen) -> str:
+    out, err = proc.communicate(timeout=HANG_TIMEOUT_S)
+    assert proc.returncode == 0, err[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_two_processes_on_one_node_or_on_two_nodes_train_the_same_and_see_all_validation(demo_dir, tmp_path):
+    """docs/training.md's recipes: torchrun on one machine, and on two machines (here two "nodes" on
+    localhost, each one process, meeting at a static rendezvous) give the same run."""
+    out, nodes = tmp_path / "ddp", tmp_path / "nodes"
+    args = tiny_args(demo_dir, out, 2, "--BATCH_SIZE=8")
+    stdout = finished(torchrun(args, "--standalone", "--nproc_per_node=2"))
+    assert "processes: 2" in stdout and stdout.count("Epoch 2/2") == 1  # rank 0 alone prints
     h = history(out)
     assert h["processes"] == 2 and h["global_batch"] == 16  # BATCH_SIZE=8 per process
+    port = free_port()
+    launch = ["--nnodes=2", "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}"]
+    node_args = tiny_args(demo_dir, nodes, 2, "--BATCH_SIZE=8")
+    on_nodes = [torchrun(node_args, *launch, f"--node_rank={rank}") for rank in (0, 1)]
+    printed = [finished(proc) for proc in on_nodes]
+    assert printed[0].count("Epoch 2/2") == 1 and "Epoch" not in printed[1]  # node 0 holds rank 0
+    for one, two in zip(h["epochs"], history(nodes)["epochs"], strict=True):
+        for key in EPOCH_KEYS - TIMING_KEYS:
+            assert one[key] == pytest.approx(two[key], rel=1e-6, abs=1e-9), key
     # The validation AUC in the history covers the whole validation set (both ranks' shares):
     # recompute it in one process from the saved checkpoint and split.
     import pandas as pd

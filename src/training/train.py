@@ -98,8 +98,7 @@ DEFAULTS = {
 DEMO_PRESET = {"DATA_DIR": "data/demo", "METADATA_CSV": "data/demo/metadata.csv", "CACHE_DIR": "",
                "CHECKPOINT_DIR": "checkpoints/demo", "PRETRAINED": False, "IMG_SIZE": 64, "NUM_EPOCHS": 4,
                "BATCH_SIZE": 32, "LEARNING_RATE": 0.001, "BACKBONE_LR_SCALE": 1.0, "WARMUP_EPOCHS": 0.3,
-               "OVERWRITE": True, "MERGE_NEAR_DUPLICATES": False,  # the drawings look alike at 32x32
-               "NUM_WORKERS": 0}  # 64 px drawings decode fast: a worker would only take a core from the model
+               "OVERWRITE": True, "MERGE_NEAR_DUPLICATES": False}  # the drawings look alike at 32x32
 # fmt: on
 DEMO_IMAGES, DEMO_MELANOMA_RATE = 1200, 0.2
 

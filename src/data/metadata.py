@@ -125,7 +125,9 @@ def read_csv(path: str | Path, columns=None, numbers=()) -> pd.DataFrame:
         dtypes = {c: (np.float64 if c in numbers else str) for c in columns}
         missing = {c: ["", "nan", "NaN", "NA"] for c in numbers}
         return _read(path, usecols=columns, dtype=dtypes, keep_default_na=False, na_values=missing)
-    except ValueError:  # a cell that is not a number: read as text, then coerced
+    except ValueError as e:  # a cell that is not a number: read as text, then coerced
+        if isinstance(e, MetadataError):  # not a CSV at all: reading it again would not help
+            raise
         raw = _read(path, usecols=columns, **text)
         return raw.assign(**{c: pd.to_numeric(raw[c], errors="coerce") for c in numbers})
 
@@ -180,7 +182,6 @@ def read_metadata(
 def _read_one(path: Path, policy: str, require_labels: bool):
     header = read_header(path)
     fmt = detect_format(header)
-    raw = _read_used_columns(path, fmt, header) if fmt else None
     if fmt is None:
         known = "\n".join(f"  - {name}: {desc}" for name, desc in KNOWN_FORMATS.items())
         raise MetadataError(
@@ -191,6 +192,7 @@ def _read_one(path: Path, policy: str, require_labels: bool):
             f"{path} has no 'target' column (it looks like a Kaggle test file, which has no "
             f"labels: {KNOWN_FORMATS[fmt]}). Training and evaluation need labels."
         )
+    raw = _read_used_columns(path, fmt, header)
     parse = {
         "isic2020": _parse_isic2020,
         "isic2020_unlabeled": _parse_isic2020,

@@ -7,6 +7,7 @@ throughput benchmark's generator (the real originals in ../shared/isic-real are 
 present). Pairing: 33,126 fingerprints (the ISIC 2020 training set's size), from real images
 repeated with small noise when available, else random, through the same near_pairs() that
 training and dedup.py call. Goals: at least 300 images/s on 2 cores, pairing under a minute.
+Growth with the set's size: benchmarks/scale.py.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src.data.dedup import fingerprint, near_pairs
+import src.data.dedup as dedup
+from src.data.dedup import DIM, _orientations, centred, fingerprint, invariant, near_pairs, stored_near_pairs
 from src.data.splits import check_no_leak, make_split
 
 from helpers import SHARED, needs_shared, run_script, tiny_train_args, write_jpeg
@@ -68,6 +69,99 @@ def test_copies_pair_with_their_original_and_different_lesions_never_pair():
         members = np.flatnonzero(owner == k)
         for m in members[1:]:
             assert (members[0], m) in found, f"copy {m} of lesion {k} was missed"
+
+
+def all_pairs(vectors: np.ndarray, threshold: float = 0.94) -> set[tuple[int, int]]:
+    """The reference: every pair scored in all 8 orientations (what near_pairs did before issue 20)."""
+    mean = np.nanmean(vectors, axis=0)
+    v = centred(vectors, np.mean([mean[perm] * sign for perm, sign in _orientations()], axis=0))
+    best = np.max([v @ (v[:, perm] * sign).T for perm, sign in _orientations()], axis=0)
+    i, j = np.nonzero(np.triu(best >= threshold, 1))
+    return set(zip(i.tolist(), j.tolist(), strict=True))
+
+
+def clustered_fingerprints(seed: int = 0) -> np.ndarray:
+    """2,000 unrelated unit vectors, 60 of them with 1 to 40 noisy copies in random orientations
+    (groups larger than the 16 neighbours asked first), and 300 unreadable rows (NaN)."""
+    rng = np.random.default_rng(seed)
+    v = rng.standard_normal((2000, DIM)).astype(np.float32)
+    copies = []
+    for k in range(60):
+        for _ in range(int(rng.integers(1, 41))):
+            perm, sign = _orientations()[int(rng.integers(0, 8))]
+            copies.append((v[k] + rng.normal(0, 0.02 * rng.random(), DIM))[perm] * sign)
+    v = np.vstack([v, np.array(copies, np.float32), np.full((300, DIM), np.nan, np.float32)])
+    v[: len(v) - 300] /= np.linalg.norm(v[: len(v) - 300], axis=1, keepdims=True)
+    return v[rng.permutation(len(v))]
+
+
+def test_the_orientation_free_summary_never_scores_below_the_exact_best():
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((200, DIM)).astype(np.float32)
+    b = (a + rng.normal(0, 0.3, a.shape)).astype(np.float32)
+    a, b = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (a, b))
+    for perm, sign in _orientations():
+        np.testing.assert_allclose(invariant(a[:, perm] * sign), invariant(a), atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(invariant(a), axis=1), 1, atol=1e-5)
+    exact = np.max([np.sum(a * b[:, perm] * sign, axis=1) for perm, sign in _orientations()], axis=0)
+    assert (np.sum(invariant(a) * invariant(b), axis=1) >= exact - 1e-5).all()
+
+
+def test_near_pairs_finds_what_comparing_every_pair_finds():
+    """Candidates come from an approximate search, scores are exact: the same pairs and similarities
+    as all pairs, groups of up to 41 copies included; 300 unreadable files pair with nothing."""
+    vectors = clustered_fingerprints()
+    expected = all_pairs(vectors)
+    pairs = near_pairs(vectors)
+    found = set(zip(pairs["i"].tolist(), pairs["j"].tolist(), strict=True))
+    assert len(expected) > 5000 and found == expected
+    assert not np.isnan(vectors[pairs["i"], 0]).any() and (pairs["similarity"] >= 0.94).all()
+    half = len(vectors) // 2
+    between = near_pairs(vectors[:half], vectors[half:])
+    assert {(i, j + half) for i, j in zip(between["i"], between["j"], strict=True)} == {
+        (i, j) for i, j in expected if i < half <= j
+    }
+    assert near_pairs(vectors[:0]).empty and near_pairs(vectors[:1]).empty
+    assert near_pairs(np.full((50, DIM), np.nan, np.float32)).empty
+
+
+def test_pairs_are_stored_per_set_and_a_damaged_or_forged_store_is_replaced(tmp_path, monkeypatch):
+    vectors = clustered_fingerprints()[:800]
+    first = stored_near_pairs(vectors, tmp_path)
+    assert len(first) and (tmp_path / "near_pairs.npz").is_file()
+    calls = []
+    pair = dedup.near_pairs
+    monkeypatch.setattr(dedup, "near_pairs", lambda *a, **k: calls.append(1) or pair(*a, **k))
+    pd.testing.assert_frame_equal(stored_near_pairs(vectors, tmp_path), first)
+    assert calls == []  # the same set: read back, not paired again
+    other = vectors.copy()
+    other[0] = other[1]
+    assert stored_near_pairs(other, tmp_path)[["i", "j"]].values.tolist().count([0, 1]) == 1 and calls == [1]
+    stored_near_pairs(vectors, tmp_path)
+    with np.load(tmp_path / "near_pairs.npz") as z:
+        forged = dict(z)
+    forged["j"] = forged["j"] + len(vectors)  # rows that do not exist in this set
+    with open(tmp_path / "near_pairs.npz", "wb") as f:
+        np.savez(f, **forged)
+    pd.testing.assert_frame_equal(stored_near_pairs(vectors, tmp_path), first)
+    (tmp_path / "near_pairs.npz").write_bytes(b"PK\x03\x04 not a zip")
+    pd.testing.assert_frame_equal(stored_near_pairs(vectors, tmp_path), first)
+    assert calls == [1, 1, 1, 1]
+    (tmp_path / "fingerprints.npz").write_bytes(b"PK\x03\x04 not a zip either")
+    assert dedup._load_store(tmp_path) == {}
+
+
+def test_fingerprints_are_reused_until_a_file_changes_and_its_old_version_is_forgotten(tmp_path):
+    paths = [tmp_path / f"{k}.jpg" for k in range(3)]
+    for k, path in enumerate(paths):
+        write_jpeg(path, lesion(k, 80, 100))
+    store = tmp_path / "store"
+    first = dedup.fingerprints(paths, store, progress=False)
+    write_jpeg(paths[1], lesion(7, 80, 100))
+    os.utime(paths[1], ns=(1, 1))  # another version, whatever the clock says
+    second = dedup.fingerprints(paths, store, progress=False)
+    assert np.array_equal(first[[0, 2]], second[[0, 2]]) and not np.allclose(first[1], second[1])
+    assert len(dedup._load_store(store)) == 3  # one entry per file, not one per version ever seen
 
 
 def test_a_merged_split_never_separates_near_copies():

@@ -25,6 +25,11 @@ def setup() -> tuple[int, int, int]:
     return tdist.get_rank(), tdist.get_world_size(), local_rank
 
 
+def local_processes() -> int:
+    """How many processes torchrun started on this machine (they share its cores)."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
 def cleanup() -> None:
     if is_distributed():
         tdist.destroy_process_group()
@@ -40,6 +45,15 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
         t = t.clone()
         tdist.all_reduce(t)
     return t
+
+
+def from_first_rank(obj):
+    """Rank 0's `obj` on every rank (what the others pass is ignored)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    tdist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def gather_lists(items: list) -> list:

@@ -7,7 +7,12 @@ import json
 import os
 import stat
 import tempfile
+import zipfile
 from pathlib import Path
+
+# What np.load raises on a damaged or foreign .npz (a file that starts like a zip and is not one
+# raises BadZipFile, which is no OSError): such a stored file is rebuilt, never trusted.
+UNREADABLE_NPZ = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
 
 
 def temporary_beside(path: Path) -> str:

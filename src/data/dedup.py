@@ -8,22 +8,24 @@ a person to confirm), and prints the groups found. Training merges near-copies i
 group (train.py MERGE_NEAR_DUPLICATES), so that a copy never sits on the other side of the
 train/validation boundary; evaluation of an external set lists its near-copies of training images.
 
-The fingerprint: the image squashed to 32x32 (so a non-uniform resize to a square changes
-nothing), in CIE Lab, and the 8x8 lowest DCT frequencies of each channel without the mean
-(robust to JPEG re-encoding, small crops and colour balance). A flip or a transpose of the image
-only changes the signs of DCT coefficients or swaps them, so the eight orientations of a square
-are compared exactly without recomputing anything. Similarity is the cosine of two fingerprints
-after subtracting the set's mean fingerprint, the best over the eight orientations. On the shared
-real images the 178 pairs of a full-size original and its 256x256 copy all score at least 0.979;
-the closest pair between HAM10000 and the other sets scores 0.912, and a 2% crop of each side
-keeps at least 0.961 on generated lesions. NEAR_DUPLICATE_SIMILARITY sits between them. Drawings
-that differ only in a small blob (the SYNTHETIC demo set) look alike at this scale and do pair up;
-the demo preset turns merging off.
+The fingerprint: the image squashed to 32x32 (so a non-uniform resize to a square changes nothing),
+in CIE Lab, and the 8x8 lowest DCT frequencies of each channel without the mean (robust to JPEG
+re-encoding, small crops and colour balance). A flip or a transpose of the image only changes the
+signs of DCT coefficients or swaps them, so the eight orientations of a square are compared exactly
+without recomputing anything. Similarity is the cosine of two fingerprints after subtracting the
+set's mean fingerprint, the best over the eight orientations; candidate pairs come from an
+approximate nearest-neighbour search (near_pairs), so pairing grows near-linearly. On the shared
+real images the 178 pairs of a full-size original and its 256x256 copy all score at least 0.979; the
+closest pair between HAM10000 and the other sets scores 0.912, and a 2% crop of each side keeps at
+least 0.961 on generated lesions. NEAR_DUPLICATE_SIMILARITY sits between them. Drawings that differ
+only in a small blob (the SYNTHETIC demo set) look alike at this scale and do pair up; the demo
+preset turns merging off.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 from pathlib import Path
 
@@ -32,7 +34,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from src.data.atomic import atomic_write_text, replace_atomically
+from src.data.atomic import UNREADABLE_NPZ, atomic_write_text, replace_atomically
 from src.data.images import ImageDecodeError, decode_image, decoding_pool, file_stamp
 from src.data.labels import load_labeled_images
 from src.data.splits import components
@@ -41,7 +43,12 @@ from src.errors import command
 NEAR_DUPLICATE_SIMILARITY = 0.94  # cosine of centred fingerprints; see the module docstring
 SIDE, K = 32, 8  # squash size and the number of DCT frequencies kept per axis
 DIM = 3 * K * K
+# Pairing (near_pairs): faiss's HNSW graph over a 64-dimensional projection; measured in
+# docs/performance.md (200,000 images: 99.85% of planted copies found, no false pair).
+SEARCH_DIMS, NEIGHBOURS = 64, 16
+HNSW_LINKS, HNSW_BUILD_DEPTH, HNSW_SEARCH_DEPTH = 16, 80, 64
 STORE = "fingerprints.npz"  # beside the cache (or the run): computed once per file version
+PAIRS_STORE = "near_pairs.npz"  # beside them: pairs of the last set seen, keyed by its fingerprints
 
 
 def fingerprint(rgb: np.ndarray) -> np.ndarray:
@@ -95,6 +102,8 @@ def fingerprints(
             for i, v in zip(todo, bar, strict=True):
                 if v is not None:
                     out[i] = v
+        asked = set(paths)  # an older version of an asked file is dropped, other sets' files kept
+        known = {key: v for key, v in known.items() if key[0] not in asked}
         known.update({(p, *s): v for p, s, v in zip(paths, stamps, out, strict=True) if not np.isnan(v[0])})
         _save_store(store_dir, known)
     return out
@@ -108,7 +117,7 @@ def _load_store(store_dir) -> dict:
         with np.load(path, allow_pickle=False) as z:
             keys = zip(z["paths"].tolist(), z["sizes"].tolist(), z["mtimes"].tolist(), strict=True)
             return {key: v for key, v in zip(keys, z["vectors"], strict=True)}
-    except (OSError, ValueError, KeyError):  # a damaged store is rebuilt, never trusted
+    except UNREADABLE_NPZ:  # a damaged store is rebuilt, never trusted
         return {}
 
 
@@ -157,14 +166,83 @@ def centred(vectors: np.ndarray, mean: np.ndarray) -> np.ndarray:
     return v.astype(np.float32)
 
 
+def invariant(v: np.ndarray) -> np.ndarray:
+    """A summary of each centred fingerprint that is the same in all 8 orientations, of the same
+    length, and never farther apart than the closest orientations of two fingerprints: its cosine is
+    at least their best cosine, so it finds every candidate pair the exact score would keep.
+
+    A flip changes the sign of the coefficients with an odd frequency along it; a transpose swaps
+    (u, v) with (v, u). Each pair of transposed coefficients (x, y) is turned into two numbers that
+    neither changes: (x + y, |x - y|) when u and v are even, (|x + y|, |x - y|) when both are odd,
+    (|x| + |y|, ||x| - |y||) otherwise, all divided by sqrt 2 (a rotation, then absolute values:
+    lengths kept, distances never grown); on the diagonal, the coefficient, or its absolute value
+    where a flip can change its sign."""
+    c = v.reshape(len(v), 3, K, K)
+    u, w = np.triu_indices(K, 1)
+    x, y = c[:, :, u, w], c[:, :, w, u]
+    even, odd = (u % 2 == 0) & (w % 2 == 0), (u % 2 == 1) & (w % 2 == 1)
+    half = np.float32(np.sqrt(0.5))
+    summed = np.where(even, x + y, np.where(odd, np.abs(x + y), np.abs(x) + np.abs(y))) * half
+    apart = np.where(even | odd, np.abs(x - y), np.abs(np.abs(x) - np.abs(y))) * half
+    d = np.arange(K)
+    diagonal = np.where(d % 2 == 0, c[:, :, d, d], np.abs(c[:, :, d, d]))
+    return np.concatenate([diagonal, summed, apart], axis=2).reshape(len(v), -1).astype(np.float32)
+
+
+def projection(x: np.ndarray, dims: int = SEARCH_DIMS, sample: int = 20_000) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, components) of the leading principal directions of x, fitted on a fixed sample. A
+    projection never lengthens a distance, so searching in it still finds every candidate."""
+    rows = np.random.default_rng(0).choice(len(x), min(len(x), sample), replace=False)
+    mean = x[np.sort(rows)].mean(axis=0)
+    _, _, directions = np.linalg.svd(x[np.sort(rows)] - mean, full_matrices=False)
+    return mean, directions[:dims]
+
+
+def candidates(queries: np.ndarray, base: np.ndarray, radius: float, within: bool = False) -> np.ndarray:
+    """(M, 2) rows (query, base) of every pair an HNSW graph (faiss) finds within `radius` (L2) of
+    each other; a query whose k-th neighbour is still within it is asked again with 4k."""
+    import faiss  # only here: the rest of the project never needs it
+
+    index = faiss.IndexHNSWFlat(base.shape[1], HNSW_LINKS)
+    index.hnsw.efConstruction = HNSW_BUILD_DEPTH
+    index.add(base)
+    found, todo, k = [], np.arange(len(queries)), NEIGHBOURS
+    while len(todo):
+        k = min(k, len(base))
+        index.hnsw.efSearch = max(HNSW_SEARCH_DEPTH, k)
+        distances, neighbours = index.search(queries[todo], k)
+        near = (distances <= radius**2) & (neighbours >= 0)
+        found.append(np.stack([np.repeat(todo, k)[near.ravel()], neighbours[near]], axis=1))
+        todo = todo[near[:, -1]] if k < len(base) else todo[:0]
+        k *= 4
+    pairs = np.concatenate(found) if found else np.zeros((0, 2), np.int64)
+    if within:  # each unordered pair once, never an image with itself
+        pairs = np.sort(pairs, axis=1)
+        pairs = pairs[pairs[:, 0] < pairs[:, 1]]
+    return np.unique(pairs, axis=0).reshape(-1, 2)
+
+
+def best_similarity(a: np.ndarray, b: np.ndarray, pairs: np.ndarray, chunk: int = 65_536) -> np.ndarray:
+    """The exact score of each pair (rows of a and b): the best cosine over the 8 orientations."""
+    out = np.empty(len(pairs), np.float32)
+    for start in range(0, len(pairs), chunk):
+        i, j = pairs[start : start + chunk, 0], pairs[start : start + chunk, 1]
+        first, second = a[i], b[j]
+        scores = [np.einsum("nd,nd->n", first, second[:, perm] * sign) for perm, sign in _orientations()]
+        out[start : start + len(i)] = np.max(scores, axis=0)
+    return out
+
+
 def near_pairs(
-    a: np.ndarray,
-    b: np.ndarray | None = None,
-    threshold: float = NEAR_DUPLICATE_SIMILARITY,
-    chunk: int = 1024,
+    a: np.ndarray, b: np.ndarray | None = None, threshold: float = NEAR_DUPLICATE_SIMILARITY
 ) -> pd.DataFrame:
-    """Pairs (i, j, similarity) with similarity >= threshold: within `a` (i < j) or between a and b,
-    compared `chunk` rows at a time so that memory stays bounded (time: docs/performance.md)."""
+    """Pairs (i, j, similarity) with similarity >= threshold: within `a` (i < j) or between a and b.
+
+    Near-linear: an approximate nearest-neighbour search over the orientation-free summary
+    (`invariant`, projected on its leading directions) proposes candidates, and each candidate is
+    scored exactly, so a pair's similarity and the threshold mean what they meant when every pair
+    was compared; the search may miss a pair (0.15% of planted copies at 200,000 images,
+    docs/performance.md), never adds one."""
     within = b is None
     both = a if within else np.vstack([a, b])
     mean = np.nanmean(both, axis=0) if np.isfinite(both[:, 0]).any() else np.zeros(DIM, np.float32)
@@ -172,26 +250,81 @@ def near_pairs(
     mean = np.mean([mean[perm] * sign for perm, sign in _orientations()], axis=0)
     a = centred(a, mean)
     b = a if within else centred(b, mean)
-    views = [np.ascontiguousarray(b[:, perm] * sign) for perm, sign in _orientations()]
-    rows, cols, sims = [], [], []
-    for start in range(0, len(a), chunk):
-        first = start if within else 0  # the best over the 8 orientations is symmetric: one triangle
-        block = a[start : start + chunk]
-        best = block @ views[0][first:].T
-        for view in views[1:]:  # a running maximum: one block of similarities in memory, not eight
-            np.maximum(best, block @ view[first:].T, out=best)
-        i, j = np.nonzero(best >= threshold)
-        keep = (i + start < j + first) if within else np.ones(len(i), bool)
-        rows.append(i[keep] + start)
-        cols.append(j[keep] + first)
-        sims.append(best[i[keep], j[keep]])
+    pairs = candidate_pairs(a, None if within else b, threshold)
+    similarity = best_similarity(a, b, pairs)
+    keep = similarity >= threshold
     return pd.DataFrame(
         {
-            "i": np.concatenate(rows or [[]]).astype(int),
-            "j": np.concatenate(cols or [[]]).astype(int),
-            "similarity": np.concatenate(sims or [[]]).astype(float),
+            "i": pairs[keep, 0].astype(int),
+            "j": pairs[keep, 1].astype(int),
+            "similarity": similarity[keep].astype(float),
         }
     )
+
+
+def candidate_pairs(a: np.ndarray, b: np.ndarray | None, threshold: float) -> np.ndarray:
+    """(M, 2) rows (i of a, j of b, or of a when b is None) that may score `threshold` or more.
+    Unreadable files (rows of zeros) take no part: they would all be each other's neighbours."""
+    rows_a = np.flatnonzero(np.any(a != 0, axis=1))
+    rows_b = rows_a if b is None else np.flatnonzero(np.any(b != 0, axis=1))
+    if not len(rows_a) or not len(rows_b):
+        return np.zeros((0, 2), np.int64)
+    summary_a = invariant(a[rows_a])
+    summary_b = summary_a if b is None else invariant(b[rows_b])
+    centre, directions = projection(summary_a if b is None else np.vstack([summary_a, summary_b]))
+    queries, base = (
+        np.ascontiguousarray((x - centre) @ directions.T, dtype=np.float32) for x in (summary_a, summary_b)
+    )
+    radius = np.sqrt(2 * (1 - threshold)) + 1e-3  # unit vectors: cosine >= t  <=>  distance <= sqrt(2 - 2t)
+    if b is None:
+        pairs = candidates(queries, base, radius, within=True)
+    else:  # asked both ways, as within one set: a graph node that searches miss is still a query
+        pairs = np.vstack([candidates(queries, base, radius), candidates(base, queries, radius)[:, ::-1]])
+        pairs = np.unique(pairs, axis=0)
+    return np.stack([rows_a[pairs[:, 0]], rows_b[pairs[:, 1]]], axis=1)
+
+
+def stored_near_pairs(
+    vectors: np.ndarray, store_dir: str | Path | None, threshold: float = NEAR_DUPLICATE_SIMILARITY
+) -> pd.DataFrame:
+    """near_pairs(vectors), kept in store_dir/near_pairs.npz under a digest of the fingerprints and
+    the threshold: every fold of oof.py and a resumed run reuse them instead of pairing again, and
+    always see the same pairs (the approximate search could differ by a rare pair from one run to
+    the next). A stored file that does not match, or could not have come from this set, is replaced."""
+    digest = hashlib.sha256(np.ascontiguousarray(vectors, np.float32).tobytes())
+    digest.update(f"{threshold!r} {SEARCH_DIMS} {NEIGHBOURS} {HNSW_LINKS}".encode())
+    path = Path(store_dir or "") / PAIRS_STORE
+    if store_dir and path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                i, j, similarity = z["i"], z["j"], z["similarity"]
+                if str(z["key"]) == digest.hexdigest() and _pairs_fit(
+                    i, j, similarity, len(vectors), threshold
+                ):
+                    return pd.DataFrame({"i": i.astype(int), "j": j.astype(int), "similarity": similarity})
+        except UNREADABLE_NPZ:
+            pass  # damaged or foreign: paired again below
+    pairs = near_pairs(vectors, threshold=threshold)
+    if store_dir:
+        replace_atomically(path, lambda tmp: _write_pairs(tmp, digest.hexdigest(), pairs))
+    return pairs
+
+
+def _pairs_fit(i: np.ndarray, j: np.ndarray, similarity: np.ndarray, n: int, threshold: float) -> bool:
+    shapes = i.ndim == j.ndim == similarity.ndim == 1 and len(i) == len(j) == len(similarity)
+    kinds = i.dtype.kind in "iu" and j.dtype.kind in "iu" and similarity.dtype.kind == "f"
+    return bool(shapes and kinds and ((0 <= i) & (i < j) & (j < n)).all() and (similarity >= threshold).all())
+
+
+def _write_pairs(tmp, key: str, pairs: pd.DataFrame) -> None:
+    with open(tmp, "wb") as f:
+        np.savez(
+            f,
+            key=np.array(key),
+            i=pairs["i"].to_numpy(np.int64),
+            j=pairs["j"].to_numpy(np.int64),
+            similarity=pairs["similarity"].to_numpy(np.float64),
+        )
 
 
 def pair_table(table: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
@@ -251,7 +384,7 @@ def find_duplicates(metadata: str, images: str, out: Path, threshold: float, wor
     data = load_labeled_images(metadata, images, skip_missing=True, require_labels=False)
     table = data.table
     vectors = fingerprints(table["path"], out, workers)
-    pairs = near_pairs(vectors, threshold=threshold)
+    pairs = stored_near_pairs(vectors, out, threshold)
     result = pair_table(table, pairs)
     groups = components(len(table), pairs["i"].to_numpy(), pairs["j"].to_numpy())
     sizes = np.bincount(groups)

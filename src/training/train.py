@@ -30,7 +30,7 @@ import torch
 from src.core import distributed as dist
 from src.core.model import ARCHITECTURES, IMG_SIZE_RANGE, build_model
 from src.core.runtime import Runtime
-from src.data.dedup import fingerprints, near_pairs
+from src.data.dedup import fingerprints, stored_near_pairs
 from src.data.demo import is_current as demo_is_current
 from src.data.demo import make_demo_dataset
 from src.data.labels import DataError, load_labeled_images
@@ -264,16 +264,13 @@ def load_data(c, rank: int):
 
 def near_duplicates(table, c, rank: int):
     """Pairs of near-identical images to keep together (None when MERGE_NEAR_DUPLICATES is off).
-    Fingerprints are stored beside the cache (else in the run folder) and reused while files are unchanged."""
+    Rank 0 computes them and sends them to the others. Fingerprints and pairs are stored beside the
+    cache (else in the run folder) and reused while the files are unchanged."""
     if not c.MERGE_NEAR_DUPLICATES:
         return None
     store = c.CACHE_DIR if c.CACHE_DIR and Path(c.CACHE_DIR).is_dir() else c.CHECKPOINT_DIR
-    if rank == 0:
-        vectors = fingerprints(table["path"], store)
-    dist.barrier()  # the other ranks then read rank 0's stored fingerprints
-    if rank != 0:
-        vectors = fingerprints(table["path"], store, progress=False)
-    return near_pairs(vectors)
+    pairs = stored_near_pairs(fingerprints(table["path"], store), store) if rank == 0 else None
+    return dist.from_first_rank(pairs)
 
 
 def make_loaders(table, split, c, rt: Runtime):

@@ -74,6 +74,25 @@ def run_script(*args, cwd=ROOT, env=None):
     return subprocess.CompletedProcess([script, *args[1:]], code or 0, out.getvalue(), err.getvalue())
 
 
+def torchrun(args, *launch: str) -> subprocess.Popen:
+    """A script (args[0], relative to the repository) under torchrun: gloo on the CPU, one torch thread
+    per process."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", *launch, str(ROOT / args[0]), *map(str, args[1:])],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
+def finished(proc: subprocess.Popen) -> str:
+    out, err = proc.communicate(timeout=HANG_TIMEOUT_S)
+    assert proc.returncode == 0, err[-3000:]
+    return out
+
+
 @contextlib.contextmanager
 def environment(added: dict):
     saved = {key: os.environ.get(key) for key in added}

@@ -3,8 +3,6 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from types import SimpleNamespace
 
@@ -14,7 +12,17 @@ import torch
 
 from src.core.checkpoint import load_checkpoint, load_model, save_checkpoint
 
-from helpers import HANG_TIMEOUT_S, ROOT, file_size_limit, free_port, run_process, run_script, tiny_train_args
+from helpers import (
+    HANG_TIMEOUT_S,
+    ROOT,
+    file_size_limit,
+    finished,
+    free_port,
+    run_process,
+    run_script,
+    tiny_train_args,
+    torchrun,
+)
 from warm_process import WarmProcess
 
 EPOCH_KEYS = {
@@ -180,24 +188,6 @@ def test_no_data_explains_how_to_get_it_and_the_demo(tmp_path):
     r = run_process("src/training/train.py", f"--CHECKPOINT_DIR={tmp_path / 'c'}", cwd=tmp_path)
     assert r.returncode == 1 and "No ISIC data found" in r.stderr
     assert "isic image download" in r.stderr and "python src/training/train.py --demo" in r.stderr
-
-
-def torchrun(args, *launch: str) -> subprocess.Popen:
-    """train.py under torchrun (gloo on the CPU), one torch thread per process."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", *launch, str(ROOT / args[0]), *args[1:]],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-
-
-def finished(proc: subprocess.Popen) -> str:
-    out, err = proc.communicate(timeout=HANG_TIMEOUT_S)
-    assert proc.returncode == 0, err[-3000:]
-    return out
 
 
 @pytest.mark.slow

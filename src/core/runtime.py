@@ -56,11 +56,11 @@ class Runtime:
         return cls(device, dtype, channels_last and device.type == "cuda", scaler, rank, world_size)
 
     @classmethod
-    def for_inference(cls, checkpoint: dict | None = None) -> Runtime:
+    def for_inference(cls, checkpoint: dict | None = None, local_rank: int = 0) -> Runtime:
         """The training policy's device, with the autocast dtype the training run validated with (its
         AMP setting). Evaluation and prediction share it, so they compute the same probabilities as
         each other and as the training history."""
-        device = pick_device()
+        device = pick_device(local_rank)
         amp = (checkpoint or {}).get("config", {}).get("AMP", True)
         return cls(device, amp_dtype_for(bool(amp)) if device.type == "cuda" else None)
 

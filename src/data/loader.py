@@ -104,11 +104,13 @@ class EpochSampler(Sampler):
         return self.per_rank
 
 
-def default_workers(requested: int = -1) -> int:
-    """DataLoader processes; -1: three quarters of the CPU cores, at most 12. The main process needs
-    cores too (it launches every CUDA kernel), so one worker per core is slower than fewer
-    (measured: docs/performance.md)."""
-    return min(12, max(1, (os.cpu_count() or 1) * 3 // 4)) if requested < 0 else requested
+def default_workers(requested: int = -1, processes: int = 1) -> int:
+    """DataLoader processes; -1: three quarters of the CPU cores (shared by `processes` processes on
+    this machine), at most 12. The main process needs cores too (it launches every CUDA kernel), so
+    one worker per core is slower than fewer (measured: docs/performance.md)."""
+    if requested >= 0:
+        return requested
+    return min(12, max(1, (os.cpu_count() or 1) * 3 // 4 // max(1, processes)))
 
 
 def make_loader(
@@ -119,15 +121,12 @@ def make_loader(
     pin_memory: bool = False,
     prefetch_factor: int = 4,
     drop_last: bool = False,
+    batch_sampler=None,
 ) -> DataLoader:
+    """Batches of `batch_size` in the sampler's order, or exactly the given `batch_sampler` batches."""
     extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor} if workers > 0 else {}
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        shuffle=False,
-        num_workers=workers,
-        pin_memory=pin_memory,
-        drop_last=drop_last,
-        **extra,
-    )
+    if batch_sampler is not None:
+        extra["batch_sampler"] = batch_sampler
+    else:
+        extra.update(batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=drop_last)
+    return DataLoader(dataset, num_workers=workers, pin_memory=pin_memory, **extra)

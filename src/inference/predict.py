@@ -12,6 +12,10 @@ threshold), decision ("above threshold" or "below threshold"), threshold, stage 
 the answer) and error. Unreadable files, and images the metadata lists but the folder or HDF5 file
 lacks, are listed with their error; the rest are still predicted. TTA follows the calibration.
 
+Scores are kept in OUT.parts/ as they are made and the folder is removed when OUT is written: an
+interrupted run resumes when run again, and under torchrun each process scores a share of the
+parts (src/inference/archive.py; docs/deployment.md).
+
 --context applies the context stage (src/training/context.py) to a metadata CSV: all lesions of a
 patient are scored together, and the answer is the context stage's (target, label and decision at
 its own threshold); image_probability (the image model alone, secondary) and patient_rank (1 = the
@@ -29,15 +33,17 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from src.core import distributed as dist
 from src.core.context_model import ContextModel
 from src.core.decision import ABOVE, decision
-from src.data.atomic import atomic_write_bytes, atomic_write_text
+from src.data.atomic import atomic_write_bytes, atomic_write_text, replace_atomically
 from src.data.images import HDF5_EXTENSIONS, IMAGE_EXTENSIONS, ImageDecodeError, decode_image, index_images
 from src.data.labels import DataError
 from src.data.loader import ImageDataset, default_workers, make_loader
 from src.data.metadata import invalid_ages_note, read_metadata, text
 from src.data.transforms import load_input
 from src.errors import command
+from src.inference.archive import PART_ROWS, Parts, batches_by_part, inputs_digest, score_parts
 from src.inference.predictor import Predictor
 
 
@@ -82,28 +88,45 @@ def error_for(path) -> str:
         return str(e).split(": ", 1)[-1]
 
 
-def predict_table(
-    predictor: Predictor, rows: pd.DataFrame, batch_size: int, workers: int, tta: bool
-) -> pd.DataFrame:
+def score_rows(
+    predictor: Predictor,
+    rows: pd.DataFrame,
+    parts: Parts,
+    batch_size: int,
+    workers: int,
+    tta: bool,
+    rank=0,
+    world=1,
+) -> None:
+    """Score this process's unfinished parts of `rows` (every world-th part), saving each part as it
+    is done; a row without a score gets its error (file not found, not an image...)."""
     present = rows["path"].notna().to_numpy()
-    readable = rows[present].reset_index(drop=True)
+    todo = parts.todo(rank, world)
+    batches, counts = batches_by_part(parts, todo, present, batch_size)
+    paths = rows["path"].where(present, "").tolist()
     loader = make_loader(
-        ImageDataset(readable["path"], np.zeros(len(readable)), predictor.img_size),
+        ImageDataset(paths, np.zeros(len(rows)), predictor.img_size),
         batch_size,
-        workers=default_workers(workers),
+        workers=default_workers(workers, dist.local_processes()),
         pin_memory=predictor.kind == "pytorch" and predictor.rt.device.type == "cuda",
+        batch_sampler=batches,
     )
-    logits, ok = np.full(len(readable), np.nan), np.zeros(len(readable), bool)
-    for images, _, index, good in tqdm(loader, desc="predict", unit="batch"):
-        logits[index.numpy()], ok[index.numpy()] = predictor.logits(images, tta), good.numpy()
-    logits[~ok] = np.nan
-    probs = predictor.probabilities(logits)
-    out = rows[["image_name"]].copy()
-    out["target"], out["logit"], out["error"] = np.nan, np.nan, ""
-    out.loc[present, "target"], out.loc[present, "logit"] = probs, logits
-    failed = present.copy()
-    failed[present] = ~ok
-    out.loc[failed | ~present, "error"] = [error_for(p) for p in rows.loc[failed | ~present, "path"]]
+    bar = tqdm(loader, total=len(batches), desc=f"predict{f' {rank}' if world > 1 else ''}", unit="batch")
+    scored = ((index.numpy(), predictor.logits(images, tta), good.numpy()) for images, _, index, good in bar)
+
+    def save(k: int, logits: np.ndarray, ok: np.ndarray) -> None:
+        where = rows["path"].iloc[parts.rows_of(k)]
+        parts.write(k, logits, ["" if good else error_for(p) for p, good in zip(where, ok, strict=True)])
+
+    score_parts(iter(scored), parts, todo, counts, save)
+
+
+def results_table(predictor: Predictor, names: pd.Series, logits: np.ndarray, errors) -> pd.DataFrame:
+    """One answer per image from its logit (NaN and an error when it has none)."""
+    out = pd.DataFrame({"image_name": names.to_numpy(), "error": np.asarray(errors, object)})
+    scored = out["error"].to_numpy() == ""
+    out["target"] = np.where(scored, predictor.probabilities(np.where(scored, logits, 0.0)), np.nan)
+    out["logit"] = np.where(scored, logits, np.nan)
     out = with_decisions(out, predictor.threshold, "image")
     return out[["image_name", "target", "label", "decision", "threshold", "stage", "error", "logit"]]
 
@@ -198,19 +221,80 @@ def parse_args(argv=None):
         default=-1,
         help="data loading processes (-1: three quarters of the cores, at most 12)",
     )
-    return ap.parse_args(argv)
+    ap.add_argument(
+        "--part-rows",
+        type=int,
+        default=PART_ROWS,
+        help="rows per part kept in OUT.parts/ while predicting (what an interruption can cost)",
+    )
+    args = ap.parse_args(argv)
+    if args.part_rows < 1 or args.batch_size < 1:
+        ap.error("--part-rows and --batch-size must be at least 1")
+    return args
 
 
 @command
 def main(argv=None) -> int:
     args = parse_args(argv)
-    predictor = Predictor(args.checkpoint)
+    rank, world, local_rank = dist.setup()  # torchrun: each process scores every world-th part
+    try:
+        return predict(args, rank, world, local_rank)
+    finally:
+        dist.cleanup()
+
+
+def predict(args, rank: int, world: int, local_rank: int) -> int:
+    predictor = Predictor(args.checkpoint, local_rank=local_rank)
     tta = predictor.views(args.tta)
     if args.explain and predictor.kind != "pytorch":  # before any work, not after the CSV
         raise DataError("--explain needs a PyTorch checkpoint (.pth): Grad-CAM uses gradients")
     rows = list_inputs(args.input, args.images)
     context = ContextModel.load(args.context) if args.context else None
-    results = predict_table(predictor, rows, args.batch_size, args.workers, tta)
+    parts = open_parts(args, predictor, rows, tta, rank)
+    try:
+        score_rows(predictor, rows, parts, args.batch_size, args.workers, tta, rank, world)
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted: finished parts are kept in {parts.folder}/; the same command resumes",
+            file=sys.stderr,
+        )
+        return 130
+    dist.barrier()  # every part is written
+    if rank != 0:
+        return 0
+    counts = write_results(args, predictor, rows, parts, context)
+    parts.remove()
+    report(args, predictor, rows, counts, context)
+    return 0
+
+
+def open_parts(args, predictor: Predictor, rows: pd.DataFrame, tta: bool, rank: int) -> Parts:
+    """OUT.parts/ of this prediction: new, or an interrupted run's to resume (src/inference/archive.py)."""
+    what = {
+        "model": predictor.version,
+        "inputs": inputs_digest(rows),
+        "tta": tta,
+        "batch_size": args.batch_size,
+    }
+    parts = Parts(args.out, what, len(rows), args.part_rows)
+    if rank == 0:
+        parts.open(rank)
+    dist.barrier()  # rank 0 made the folder
+    if rank != 0:
+        parts.open(rank)
+    done = parts.count - len(parts.todo(0, 1))
+    if done and rank == 0:
+        print(f"resuming: {done} of {parts.count} parts already scored in {parts.folder}/")
+    return parts
+
+
+def write_results(args, predictor, rows, parts: Parts, context) -> tuple[int, int]:
+    """Write the output; (rows, rows without a score). The context stage, a submission and
+    --explain need every row at once; a plain prediction is written part by part."""
+    if not (context or args.submission or args.explain):
+        return write_by_part(args.out, predictor, rows, parts)
+    logits, errors = parts.all_scores()
+    results = results_table(predictor, rows["image_name"], logits, errors)
     if context:
         results = apply_context(context, rows, results)
     text = (
@@ -222,19 +306,39 @@ def main(argv=None) -> int:
     if args.explain:
         n = write_explanations(predictor, rows, results, Path(args.explain))
         print(f"wrote {n} Grad-CAM overlays to {args.explain}/")
+    return len(results), int((results["error"] != "").sum())
+
+
+def write_by_part(out, predictor: Predictor, rows: pd.DataFrame, parts: Parts) -> tuple[int, int]:
+    """The CSV one part at a time, so that memory holds one part's answers, not the archive's."""
+    counts = [0, 0]
+
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            for k in range(parts.count):
+                scores = parts.read(k) or parts.all_scores()  # all_scores names what is missing
+                part = results_table(predictor, rows["image_name"].iloc[parts.rows_of(k)], *scores)
+                part.drop(columns="logit").to_csv(f, index=False, header=k == 0)
+                counts[0] += len(part)
+                counts[1] += int((part["error"] != "").sum())
+
+    replace_atomically(out, write)
+    return counts[0], counts[1]
+
+
+def report(args, predictor: Predictor, rows: pd.DataFrame, counts: tuple[int, int], context) -> None:
     if predictor.synthetic:
         print("note: SYNTHETIC demo model (train.py --demo): its outputs say nothing about real skin lesions")
     for note in input_notes(rows, context):
         print(f"note: {note}", file=sys.stderr)
-    bad = int((results["error"] != "").sum())
-    print(f"{len(results) - bad} images predicted, {bad} unreadable (listed with their error) -> {args.out}")
+    total, bad = counts
+    print(f"{total - bad} images predicted, {bad} unreadable (listed with their error) -> {args.out}")
     if predictor.calibrated_on is None:
         print(
             "note: this model has no fitted threshold/calibration yet (threshold 0.5); run "
             "src/training/evaluate.py on its checkpoint first",
             file=sys.stderr,
         )
-    return 0
 
 
 if __name__ == "__main__":

@@ -40,8 +40,8 @@ def file_version(path: Path) -> str:
 
 
 class Predictor:
-    def __init__(self, path: str | Path, threads: int | None = None):
-        self.path = Path(path)
+    def __init__(self, path: str | Path, threads: int | None = None, local_rank: int = 0):
+        self.path, self.local_rank = Path(path), local_rank
         if not self.path.is_file():
             raise CheckpointError(f"model file not found: {self.path}")
         if threads:
@@ -55,7 +55,7 @@ class Predictor:
     def _load_torch(self) -> None:
         self.model, ckpt = load_model(self.path)
         self.version = f"{self.path.name}@{weights_digest(ckpt['model_state'])[:12]}"  # the weights only
-        self.rt = Runtime.for_inference(ckpt)
+        self.rt = Runtime.for_inference(ckpt, self.local_rank)
         self.model.to(self.rt.device)
         self.kind, self.session = "pytorch", None
         self._settings(ckpt)

@@ -28,7 +28,7 @@ SKIPPED = {  # first words of a command -> why it does not run here
     "pip install": "installs packages",
     "isic image": "downloads the ISIC archive (no network here)",
     "docker": "no Docker here",
-    "torchrun": "several processes and machines: tests/test_train.py runs both recipes on localhost",
+    "torchrun": "several processes: tests/test_train.py and test_archive_prediction.py run them on localhost",
     "uvicorn": "the same app as serve.py, under uvicorn's own command line",
     "python src/training/oof.py --demo": "the two-stage demo: .ci/run runs it",
     "python src/training/context.py --metadata data/demo": "the two-stage demo: .ci/run runs it",

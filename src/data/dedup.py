@@ -46,6 +46,7 @@ DIM = 3 * K * K
 # Pairing (near_pairs): faiss's HNSW graph over a 64-dimensional projection; measured in
 # docs/performance.md (200,000 images: 99.85% of planted copies found, no false pair).
 SEARCH_DIMS, NEIGHBOURS = 64, 16
+CHUNK = 65_536  # rows at a time through centring, invariant() and the projection: bounded temporaries
 HNSW_LINKS, HNSW_BUILD_DEPTH, HNSW_SEARCH_DEPTH = 16, 80, 64
 STORE = "fingerprints.npz"  # beside the cache (or the run): computed once per file version
 PAIRS_STORE = "near_pairs.npz"  # beside them: pairs of the last set seen, keyed by its fingerprints
@@ -160,10 +161,13 @@ def _orientations() -> list[tuple[np.ndarray, np.ndarray]]:
 def centred(vectors: np.ndarray, mean: np.ndarray) -> np.ndarray:
     """Fingerprints minus the set's mean fingerprint, unit length again: what every image of a set
     shares (the dermatoscope's dark vignette, a centred lesion) stops counting as likeness."""
-    v = np.nan_to_num(vectors, nan=0.0) - mean
-    v /= np.linalg.norm(v, axis=1, keepdims=True) + 1e-6
+    v = np.nan_to_num(vectors.astype(np.float32), nan=0.0, copy=False)  # one copy, changed in place
+    for start in range(0, len(v), CHUNK):
+        block = v[start : start + CHUNK]
+        block -= mean.astype(np.float32)
+        block /= np.linalg.norm(block, axis=1, keepdims=True) + 1e-6
     v[np.isnan(vectors[:, 0])] = 0.0  # an unreadable file never pairs
-    return v.astype(np.float32)
+    return v
 
 
 def invariant(v: np.ndarray) -> np.ndarray:
@@ -189,13 +193,16 @@ def invariant(v: np.ndarray) -> np.ndarray:
     return np.concatenate([diagonal, summed, apart], axis=2).reshape(len(v), -1).astype(np.float32)
 
 
-def projection(x: np.ndarray, dims: int = SEARCH_DIMS, sample: int = 20_000) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, components) of the leading principal directions of x, fitted on a fixed sample. A
-    projection never lengthens a distance, so searching in it still finds every candidate."""
-    rows = np.random.default_rng(0).choice(len(x), min(len(x), sample), replace=False)
-    mean = x[np.sort(rows)].mean(axis=0)
-    _, _, directions = np.linalg.svd(x[np.sort(rows)] - mean, full_matrices=False)
-    return mean, directions[:dims]
+def projection(*sets: tuple[np.ndarray, np.ndarray], sample: int = 20_000) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, components) of the leading principal directions of the summaries (invariant()) of the
+    given (vectors, rows), fitted on a fixed sample of each. A projection never lengthens a
+    distance, so searching in it still finds every candidate."""
+    rng = np.random.default_rng(0)
+    picked = [v[np.sort(rng.choice(rows, min(len(rows), sample), replace=False))] for v, rows in sets]
+    x = invariant(np.vstack(picked))
+    mean = x.mean(axis=0)
+    _, _, directions = np.linalg.svd(x - mean, full_matrices=False)
+    return mean, directions[:SEARCH_DIMS]
 
 
 def candidates(queries: np.ndarray, base: np.ndarray, radius: float, within: bool = False) -> np.ndarray:
@@ -244,8 +251,7 @@ def near_pairs(
     was compared; the search may miss a pair (0.15% of planted copies at 200,000 images,
     docs/performance.md), never adds one."""
     within = b is None
-    both = a if within else np.vstack([a, b])
-    mean = np.nanmean(both, axis=0) if np.isfinite(both[:, 0]).any() else np.zeros(DIM, np.float32)
+    mean = readable_mean(a) if within else readable_mean(a, b)
     # The same mean in all 8 orientations, so that centring keeps a flipped copy exactly as close.
     mean = np.mean([mean[perm] * sign for perm, sign in _orientations()], axis=0)
     a = centred(a, mean)
@@ -262,6 +268,27 @@ def near_pairs(
     )
 
 
+def readable_mean(*sets: np.ndarray) -> np.ndarray:
+    """The mean fingerprint of the readable rows (an unreadable file's row is NaN), a chunk at a time."""
+    total, count = np.zeros(DIM), 0
+    for v in sets:
+        for start in range(0, len(v), CHUNK):
+            block = v[start : start + CHUNK]
+            block = block[np.isfinite(block[:, 0])]
+            total += block.sum(axis=0, dtype=np.float64)
+            count += len(block)
+    return (total / max(count, 1)).astype(np.float32)
+
+
+def projected(v: np.ndarray, rows: np.ndarray, centre: np.ndarray, directions: np.ndarray) -> np.ndarray:
+    """The summaries (invariant()) of the given rows of v, projected, a chunk at a time: the
+    full-size summaries are never held."""
+    out = np.empty((len(rows), len(directions)), np.float32)
+    for start in range(0, len(rows), CHUNK):
+        out[start : start + CHUNK] = (invariant(v[rows[start : start + CHUNK]]) - centre) @ directions.T
+    return out
+
+
 def candidate_pairs(a: np.ndarray, b: np.ndarray | None, threshold: float) -> np.ndarray:
     """(M, 2) rows (i of a, j of b, or of a when b is None) that may score `threshold` or more.
     Unreadable files (rows of zeros) take no part: they would all be each other's neighbours."""
@@ -269,12 +296,9 @@ def candidate_pairs(a: np.ndarray, b: np.ndarray | None, threshold: float) -> np
     rows_b = rows_a if b is None else np.flatnonzero(np.any(b != 0, axis=1))
     if not len(rows_a) or not len(rows_b):
         return np.zeros((0, 2), np.int64)
-    summary_a = invariant(a[rows_a])
-    summary_b = summary_a if b is None else invariant(b[rows_b])
-    centre, directions = projection(summary_a if b is None else np.vstack([summary_a, summary_b]))
-    queries, base = (
-        np.ascontiguousarray((x - centre) @ directions.T, dtype=np.float32) for x in (summary_a, summary_b)
-    )
+    centre, directions = projection((a, rows_a)) if b is None else projection((a, rows_a), (b, rows_b))
+    queries = projected(a, rows_a, centre, directions)
+    base = queries if b is None else projected(b, rows_b, centre, directions)
     radius = np.sqrt(2 * (1 - threshold)) + 1e-3  # unit vectors: cosine >= t  <=>  distance <= sqrt(2 - 2t)
     if b is None:
         pairs = candidates(queries, base, radius, within=True)

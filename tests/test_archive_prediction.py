@@ -42,6 +42,9 @@ def test_parts_of_another_prediction_are_refused_and_a_damaged_part_is_scored_ag
     assert parts.todo(0, 1) == [1, 2]
     with pytest.raises(DataError, match="missing"):
         parts.all_scores()
+    (parts.folder / ".part-000001.npz.abc.tmp").write_bytes(b"half")  # what a killed writer leaves
+    parts.open(0)  # the same prediction, resumed
+    assert not list(parts.folder.glob("*.tmp"))
     other = Parts(tmp_path / "p.csv", {"model": "b", "inputs": "x"}, rows=30, part_rows=12)
     with pytest.raises(DataError, match="another prediction"):
         other.open(0)

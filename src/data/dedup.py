@@ -44,7 +44,7 @@ NEAR_DUPLICATE_SIMILARITY = 0.94  # cosine of centred fingerprints; see the modu
 SIDE, K = 32, 8  # squash size and the number of DCT frequencies kept per axis
 DIM = 3 * K * K
 # Pairing (near_pairs): faiss's HNSW graph over a 64-dimensional projection; measured in
-# docs/performance.md (200,000 images: 99.85% of planted copies found, no false pair).
+# docs/performance.md (200,000 images: 99.75-99.8% of planted copies found, no false pair).
 SEARCH_DIMS, NEIGHBOURS = 64, 16
 CHUNK = 65_536  # rows at a time through centring, invariant() and the projection: bounded temporaries
 HNSW_LINKS, HNSW_BUILD_DEPTH, HNSW_SEARCH_DEPTH = 16, 80, 64
@@ -248,7 +248,7 @@ def near_pairs(
     Near-linear: an approximate nearest-neighbour search over the orientation-free summary
     (`invariant`, projected on its leading directions) proposes candidates, and each candidate is
     scored exactly, so a pair's similarity and the threshold mean what they meant when every pair
-    was compared; the search may miss a pair (0.15% of planted copies at 200,000 images,
+    was compared; the search may miss a pair (0.2-0.25% of planted copies at 200,000 images,
     docs/performance.md), never adds one."""
     within = b is None
     mean = readable_mean(a) if within else readable_mean(a, b)

@@ -18,7 +18,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src.data.atomic import UNREADABLE_NPZ, atomic_write_json, replace_atomically
+from src.data.atomic import (
+    UNREADABLE_NPZ,
+    atomic_write_json,
+    read_regular_file,
+    remove_stale_temporaries,
+    replace_atomically,
+)
 from src.data.labels import DataError
 
 PART_ROWS = 8192  # rows per part: what an interruption can cost, and the unit shared among processes
@@ -36,9 +42,9 @@ class Parts:
     def open(self, rank: int) -> None:
         """Rank 0 creates the folder or checks that it holds this prediction's parts; the others check."""
         path = self.folder / "manifest.json"
-        if path.is_file():
+        if path.exists():
             try:
-                found = json.loads(path.read_text())
+                found = json.loads(read_regular_file(path, 1 << 16))
             except (OSError, ValueError):
                 found = None
             if found != self.manifest:
@@ -49,6 +55,8 @@ class Parts:
         elif rank == 0:
             self.folder.mkdir(parents=True, exist_ok=True)
             atomic_write_json(path, self.manifest)
+        if rank == 0:  # before any process writes: what a killed writer left half-written
+            remove_stale_temporaries(self.folder)
 
     def rows_of(self, k: int) -> np.ndarray:
         return np.arange(k * self.part_rows, min(self.rows, (k + 1) * self.part_rows))
@@ -58,6 +66,8 @@ class Parts:
 
     def read(self, k: int) -> tuple[np.ndarray, np.ndarray] | None:
         """(logits, errors) of part k, or None when it is not done (or damaged: scored again)."""
+        if not self.path(k).is_file():  # not written yet (or not a plain file: never opened)
+            return None
         try:
             with np.load(self.path(k), allow_pickle=False) as z:
                 logits, errors = z["logit"], z["error"]
@@ -94,6 +104,7 @@ class Parts:
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def remove(self) -> None:
+        remove_stale_temporaries(self.folder)
         for path in self.folder.glob("part-*.npz"):
             path.unlink(missing_ok=True)
         (self.folder / "manifest.json").unlink(missing_ok=True)

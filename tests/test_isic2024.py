@@ -146,11 +146,12 @@ def test_prediction_with_the_context_stage_scores_each_patient_together(run2024,
     assert r.returncode == 0, r.stderr
     pred = pd.read_csv(out).set_index("image_name")
     decision = ["target", "label", "decision", "threshold", "stage"]
-    assert list(pred.columns) == [*decision, "image_probability", "patient_rank", "error"]
+    assert list(pred.columns) == [*decision, "image_probability", "patient_rank", "context_note", "error"]
     assert (pred["stage"] == "context").all()  # the context stage's answer, at its own threshold
     assert pred.loc["ISIC_9999999", "error"] == "file not found"
     scored = pred.drop("ISIC_9999999")
     assert len(scored) == 3 and scored["target"].between(0, 1).all() and (scored["patient_rank"] == 1).all()
+    assert scored["context_note"].str.contains("lesion of this patient scored together").all()  # 1 each
     folder = run_script(
         "src/inference/predict.py",
         f"--checkpoint={best}",

@@ -228,6 +228,8 @@ def test_with_a_context_stage_every_card_and_the_ranked_list_give_the_same_answe
         for line in card_answers(driver).values():  # each lesion alone: the context stage's threshold
             assert f"threshold {threshold:.4f}" in line and "this lesion alone" in line
         assert "image model alone" in driver.find_element(By.ID, "results").text
+        notes = driver.find_elements(By.CSS_SELECTOR, "#results .context-note")  # one lesion: too few
+        assert len(notes) == 3 and all("1 lesion of this patient" in n.text for n in notes)
         driver.find_element(By.ID, "triage").click()
         items = wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#ranked li"))
         wait_for(lambda: all("other lesions" in a for a in card_answers(driver).values()))
@@ -239,6 +241,7 @@ def test_with_a_context_stage_every_card_and_the_ranked_list_give_the_same_answe
             assert item.get_attribute("class") == (
                 "positive" if decision == "above threshold" else "negative"
             )
+            assert "Note: 3 lesions of this patient" in item.text
         driver.save_screenshot(str(tmp_path / "context.png"))
     finally:
         driver.quit()

@@ -6,6 +6,8 @@ import json
 import httpx
 import pytest
 
+from src.core.context_model import MIN_LESIONS_FOR_CONTEXT
+
 from helpers import refusal_at_start_up, start_service, stop_service
 
 
@@ -50,6 +52,19 @@ def test_triage_ranks_every_lesion_of_the_patient(triage_service, demo_dir):
     )
     assert all(0 <= x["probability"] <= 1 for x in body["lesions"])
     assert httpx.get(triage_service + "/model").json()["context_stage"] is not None
+
+
+def test_a_patient_with_too_few_lesions_for_the_context_stage_is_told_so(triage_service, demo_dir):
+    """docs/context.md: under MIN_LESIONS_FOR_CONTEXT lesions the context stage added little to age,
+    sex and site on the real ISIC 2020 labels, so each answer says so; from it on, nothing is added."""
+    few = httpx.post(triage_service + "/triage", files=lesions(demo_dir, 3), timeout=60).json()["lesions"]
+    assert all(x["context_note"].startswith("3 lesions of this patient") for x in few)
+    assert f"fewer than {MIN_LESIONS_FOR_CONTEXT}" in few[0]["context_note"]
+    one = httpx.post(triage_service + "/predict", files={"file": lesions(demo_dir, 1)[0][1]}, timeout=60)
+    assert one.json()["context_note"].startswith("1 lesion of this patient")
+    enough = lesions(demo_dir, MIN_LESIONS_FOR_CONTEXT)
+    answers = httpx.post(triage_service + "/triage", files=enough, timeout=60).json()["lesions"]
+    assert len(answers) == MIN_LESIONS_FOR_CONTEXT and not any("context_note" in x for x in answers)
 
 
 def test_predict_takes_optional_metadata_and_gives_one_answer(triage_service, demo_dir):

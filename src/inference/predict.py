@@ -34,13 +34,13 @@ import pandas as pd
 from tqdm import tqdm
 
 from src.core import distributed as dist
-from src.core.context_model import ContextModel
+from src.core.context_model import ContextModel, few_lesions_note
 from src.core.decision import ABOVE, decision
 from src.data.atomic import atomic_write_bytes, atomic_write_text, replace_atomically
 from src.data.images import HDF5_EXTENSIONS, IMAGE_EXTENSIONS, ImageDecodeError, decode_image, index_images
 from src.data.labels import DataError
 from src.data.loader import ImageDataset, default_workers, make_loader
-from src.data.metadata import invalid_ages_note, read_metadata, text
+from src.data.metadata import invalid_ages_note, read_metadata, split_groups, text
 from src.data.transforms import load_input
 from src.errors import command
 from src.inference.archive import PART_ROWS, Parts, batches_by_part, inputs_digest, score_parts
@@ -152,8 +152,11 @@ def apply_context(model: ContextModel, rows: pd.DataFrame, results: pd.DataFrame
     out["target"] = np.where(failed, np.nan, scored["probability"])
     out = with_decisions(out, model.threshold, "context")
     out["patient_rank"] = np.where(failed, np.nan, scored["patient_rank"])
+    lesions = pd.Series(split_groups(rows)).groupby(split_groups(rows)).transform("size").to_numpy()
+    notes = {n: few_lesions_note(int(n)) for n in np.unique(lesions)}  # one string per count, shared
+    out["context_note"] = [notes[n] for n in lesions]
     columns = ["image_name", "target", "label", "decision", "threshold", "stage", "image_probability"]
-    return out[[*columns, "patient_rank", "error", "logit"]]
+    return out[[*columns, "patient_rank", "context_note", "error", "logit"]]
 
 
 def input_notes(rows: pd.DataFrame, context: ContextModel | None) -> list[str]:

@@ -42,7 +42,7 @@ from fastapi import FastAPI, File, Form, HTTPException, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from src.core.context_model import ContextModel
+from src.core.context_model import ContextModel, few_lesions_note
 from src.core.decision import answer
 from src.data.atomic import read_regular_file
 from src.data.images import MAX_PIXELS, ImageDecodeError, ImageTooLarge, check_header
@@ -507,6 +507,7 @@ def score_patient(logits: list[float], metas: list[dict]) -> list[dict]:
         table["age_approx"] = [m["age"] for m in metas]
         table["sex"], table["anatom_site"] = [m["sex"] for m in metas], [m["site"] for m in metas]
         p, threshold, stage = context.probabilities(table, logits), context.threshold, "context"
+    note = few_lesions_note(len(logits)) if context is not None else ""
     return [
         {
             **answer(p[i], threshold, stage),
@@ -517,6 +518,7 @@ def score_patient(logits: list[float], metas: list[dict]) -> list[dict]:
                 if context and metas[i]["site"] and metas[i]["site"] not in context.sites
                 else {}
             ),
+            **({"context_note": note} if note else {}),
         }
         for i in range(len(logits))
     ]

@@ -22,7 +22,7 @@ COMMANDS = {
     "src.training.evaluate": ("evaluate_checkpoint", ["--checkpoint", "{tmp}/x.pth"]),
     "src.training.oof": ("train_fold", ["--out", "{tmp}"]),
     "src.training.context": ("run_context", ["--metadata", "{tmp}/m.csv", "--out", "{tmp}"]),
-    "src.inference.predict": ("Predictor", ["--checkpoint", "{tmp}/x.pth", "{tmp}"]),
+    "src.inference.predict": ("load_scorer", ["--checkpoint", "{tmp}/x.pth", "{tmp}"]),
     "src.inference.export": ("export", ["--checkpoint", "{tmp}/x.pth"]),
 }
 

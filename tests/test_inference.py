@@ -34,8 +34,9 @@ def test_cli_predictions_equal_evaluation_probabilities(trained_run, demo_dir, t
     )
     assert r.returncode == 0, r.stderr
     predicted = pd.read_csv(tmp_path / "p.csv")
-    columns = ["image_name", "target", "label", "decision", "threshold", "stage", "error"]
+    columns = ["image_name", "target", "uncertainty", "label", "decision", "threshold", "stage", "error"]
     assert list(predicted.columns) == columns and len(predicted) == 80
+    assert predicted["uncertainty"].isna().all()  # one model: no spread to report
     both = evaluated.merge(predicted, on="image_name")
     assert len(both) == len(evaluated) > 0
     # Same preprocessing and weights; float32 convolutions over other batch compositions differ in

@@ -1,25 +1,40 @@
 """oof.csv is out-of-fold by construction: each image is scored by the one fold model whose training
 split excluded it, and fold runs that disagree on the split are refused."""
 
+import json
+import shutil
+
+import httpx
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from src.core.checkpoint import load_checkpoint, model_from_checkpoint
+from src.core import metrics as M
+from src.core.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from src.data.splits import read_split, split_digest
+from src.data.transforms import load_input
+from src.inference.predictor import Ensemble, Predictor
 from src.training.oof import OOFError, check_one_split
 
-from helpers import run_script, tiny_train_args
+from helpers import run_script, start_service, stop_service, tiny_train_args
 
 
-@pytest.mark.slow
-def test_every_score_comes_from_the_model_that_never_trained_on_it(demo_dir, tmp_path):
-    out = tmp_path / "oof"
+@pytest.fixture(scope="module")
+def oof_run(demo_dir, tmp_path_factory):
+    """oof.py on the demo fixture: 3 folds of one epoch; (folder, train.py overrides)."""
+    out = tmp_path_factory.mktemp("oof") / "oof"
     overrides = [
         a for a in tiny_train_args(demo_dir, "unused", 1)[1:] if not a.startswith("--CHECKPOINT_DIR")
     ]
     r = run_script("src/training/oof.py", f"--out={out}", "--folds=3", "--workers=0", *overrides)
     assert r.returncode == 0, r.stderr
+    return out, overrides
+
+
+@pytest.mark.slow
+def test_every_score_comes_from_the_model_that_never_trained_on_it(oof_run, demo_dir):
+    out, overrides = oof_run
     oof = pd.read_csv(out / "oof.csv", dtype={"image_name": str})
     assert list(oof.columns) == ["image_name", "fold", "target", "logit", "probability"]
     assert len(oof) == 80 and oof["image_name"].is_unique  # every image once
@@ -34,8 +49,6 @@ def test_every_score_comes_from_the_model_that_never_trained_on_it(demo_dir, tmp
         ckpt = load_checkpoint(best)
         assert ckpt["split_sha256"] == split_digest(run / "split.csv")
         # The logit really is fold k's model's: re-score two images with it.
-        from src.data.transforms import load_input
-
         model = model_from_checkpoint(ckpt).eval()
         for _, row in scored.head(2).iterrows():
             x = load_input(str(demo_dir / f"{row['image_name']}.jpg"), ckpt["img_size"])
@@ -55,3 +68,81 @@ def test_fold_runs_on_different_splits_are_refused():
         check_one_split([a, moved])
     with pytest.raises(OOFError, match="validated on fold"):
         check_one_split([b, a])
+
+
+@pytest.mark.slow
+def test_the_folder_of_oof_py_predicts_as_one_model_the_mean_of_its_folds(oof_run, demo_dir, tmp_path):
+    out, _ = oof_run
+    spec = json.loads((out / "ensemble.json").read_text())
+    assert spec["members"] == ["fold0/best.pth", "fold1/best.pth", "fold2/best.pth"]
+    ensemble, members = Ensemble(out), [Predictor(out / m) for m in spec["members"]]
+    names = sorted(p.stem for p in demo_dir.glob("*.jpg"))[:6]
+    x = torch.stack([load_input(str(demo_dir / f"{n}.jpg"), ensemble.img_size) for n in names])
+    each = np.stack([m.logits(x) for m in members])
+    np.testing.assert_allclose(ensemble.member_logits(x), each, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(ensemble.logits(x), each.mean(axis=0), rtol=0, atol=1e-6)
+    r = run_script(
+        "src/inference/predict.py", "--checkpoint", out, demo_dir, "--out", tmp_path / "p.csv", "--workers", 0
+    )
+    assert r.returncode == 0, r.stderr
+    p = pd.read_csv(tmp_path / "p.csv").set_index("image_name").loc[names]
+    mean = each.mean(axis=0)
+    expected = M.calibrated(mean, spec["temperature"], spec["logit_bias"])
+    np.testing.assert_allclose(p["target"], expected, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(p["uncertainty"], each.std(axis=0), rtol=0, atol=1e-5)
+    assert (p["threshold"] == spec["threshold"]).all() and p["uncertainty"].gt(0).all()
+
+
+@pytest.mark.slow
+def test_a_bad_member_or_ensemble_file_is_one_clear_error(oof_run, demo_dir, tmp_path):
+    out, _ = oof_run
+    bad = tmp_path / "oof"
+    shutil.copytree(out, bad, ignore=shutil.ignore_patterns("*.png", "last.pth", "best_model_epoch*"))
+    (bad / "fold1" / "best.pth").write_bytes(b"not a checkpoint")
+    r = run_script("src/inference/predict.py", "--checkpoint", bad, demo_dir, "--out", tmp_path / "p.csv")
+    assert r.returncode == 1 and not (tmp_path / "p.csv").exists()
+    assert r.stderr.startswith("error: ensemble") and "member fold1/best.pth" in r.stderr
+    assert "Traceback" not in r.stderr
+    spec = json.loads((out / "ensemble.json").read_text())
+    for members, message in (
+        (["../oof/fold0/best.pth"], "not a relative path inside the folder"),
+        (["/etc/passwd"], "not a relative path inside the folder"),
+        ([], "must list 1 to"),
+    ):
+        (bad / "ensemble.json").write_text(json.dumps({**spec, "members": members}))
+        with pytest.raises(CheckpointError, match=message):
+            Ensemble(bad)
+    (bad / "ensemble.json").unlink()
+    with pytest.raises(CheckpointError, match="without ensemble.json"):
+        Ensemble(bad)
+
+
+@pytest.mark.slow
+def test_the_service_serves_the_folds_as_one_and_the_context_stage_gets_their_mean(
+    oof_run, context_model, demo_dir
+):
+    out, _ = oof_run
+    ensemble = Ensemble(out)
+    name = sorted(p.stem for p in demo_dir.glob("*.jpg"))[0]
+    data = (demo_dir / f"{name}.jpg").read_bytes()
+    each = ensemble.member_logit_bytes(data)
+    proc, url = start_service(out)
+    try:
+        assert httpx.get(url + "/model").json()["kind"] == "ensemble"
+        one = httpx.post(
+            url + "/predict", files={"file": (f"{name}.jpg", data, "image/jpeg")}, timeout=60
+        ).json()
+        assert one["probability"] == pytest.approx(float(ensemble.probabilities(each.mean())), abs=1e-6)
+        assert one["uncertainty"] == pytest.approx(float(each.std()), abs=1e-6) and one["stage"] == "image"
+    finally:
+        stop_service(proc)
+    proc, url = start_service(out, CONTEXT_MODEL=str(context_model / "fused.json"))
+    try:
+        files = [("files", (f"{name}.jpg", data, "image/jpeg"))] * 2
+        lesions = httpx.post(url + "/triage", files=files, timeout=60).json()["lesions"]
+        expected = float(ensemble.probabilities(each.mean()))
+        assert all(
+            x["stage"] == "context" and x["image_probability"] == pytest.approx(expected) for x in lesions
+        )
+    finally:
+        stop_service(proc)

@@ -2,10 +2,11 @@
 run resumes from its finished parts, and torchrun processes share the parts between them.
 
 predict.py keeps OUT.parts/ beside its output while it works: manifest.json (which model, which
-inputs, how many rows per part) and one part-NNNNNN.npz per PART_ROWS rows (each row's logit and
-error, nothing else: every other column is computed from them and the model, the same way for a
-single process, a sharded run and a resumed one, so all three write the same file). The folder is
-removed once the output is written. Memory holds the listing of the inputs and one part's scores.
+inputs, how many rows per part) and one part-NNNNNN.npz per PART_ROWS rows (each row's logits, one
+per model, and its error, nothing else: every other column is computed from them and the model, the
+same way for a single process, a sharded run and a resumed one, so all three write the same file).
+The folder is removed once the output is written. Memory holds the listing of the inputs and one
+part's scores.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from src.data.atomic import (
 from src.data.labels import DataError
 
 PART_ROWS = 8192  # rows per part: what an interruption can cost, and the unit shared among processes
+MAX_MODELS = 100  # logits kept per row: one per model of an ensemble
 
 
 class Parts:
@@ -65,7 +67,8 @@ class Parts:
         return self.folder / f"part-{k:06d}.npz"
 
     def read(self, k: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """(logits, errors) of part k, or None when it is not done (or damaged: scored again)."""
+        """(logits (K models, rows), errors) of part k, or None when it is not done (or damaged:
+        scored again)."""
         if not self.path(k).is_file():  # not written yet (or not a plain file: never opened)
             return None
         try:
@@ -74,16 +77,17 @@ class Parts:
         except UNREADABLE_NPZ:
             return None
         n = len(self.rows_of(k))
-        if (
-            logits.shape != (n,)
-            or errors.shape != (n,)
-            or logits.dtype.kind != "f"
-            or errors.dtype.kind != "U"
-        ):
+        shapes = (
+            logits.ndim == 2
+            and 1 <= len(logits) <= MAX_MODELS
+            and logits.shape[1] == n
+            and errors.shape == (n,)
+        )
+        if not shapes or logits.dtype.kind != "f" or errors.dtype.kind != "U":
             return None
         return logits.astype(np.float64), errors
 
-    def write(self, k: int, logits: np.ndarray, errors: np.ndarray) -> None:
+    def write(self, k: int, logits: np.ndarray, errors) -> None:
         def save(tmp):
             with open(tmp, "wb") as f:
                 np.savez(f, logit=np.asarray(logits, np.float64), error=np.asarray(errors, str))
@@ -101,7 +105,7 @@ class Parts:
             raise DataError(
                 f"{len(missing)} parts of {self.folder}/ are missing (first: {self.path(missing[0])})"
             )
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        return np.concatenate([p[0] for p in parts], axis=1), np.concatenate([p[1] for p in parts])
 
     def remove(self) -> None:
         remove_stale_temporaries(self.folder)
@@ -139,13 +143,17 @@ def batches_by_part(
 
 
 def score_parts(
-    batches: Iterator, parts: Parts, todo: list[int], counts: list[int], on_part: Callable
+    batches: Iterator, parts: Parts, todo: list[int], counts: list[int], models: int, on_part: Callable
 ) -> None:
-    """Consume (row positions, logits, good) batches in order; on_part(k, logits, ok) as each part ends."""
+    """Consume (row positions, (K, batch) logits, good) batches in order; on_part(k, logits, ok) as
+    each part ends (a part without a readable image gets K rows of NaN)."""
     for k, count in zip(todo, counts, strict=True):
         rows = parts.rows_of(k)
-        logits, ok = np.full(len(rows), np.nan), np.zeros(len(rows), bool)
+        logits, ok = None, np.zeros(len(rows), bool)
         for _ in range(count):
-            index, batch_logits, good = next(batches)
-            logits[index - rows[0]], ok[index - rows[0]] = batch_logits, good
+            index, batch_logits, good = next(batches)  # batch_logits: (K models, batch)
+            if logits is None:
+                logits = np.full((len(batch_logits), len(rows)), np.nan)
+            logits[:, index - rows[0]], ok[index - rows[0]] = batch_logits, good
+        logits = np.full((models, len(rows)), np.nan) if logits is None else logits
         on_part(k, np.where(ok, logits, np.nan), ok)

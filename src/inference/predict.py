@@ -44,7 +44,7 @@ from src.data.metadata import invalid_ages_note, read_metadata, split_groups, te
 from src.data.transforms import load_input
 from src.errors import command
 from src.inference.archive import PART_ROWS, Parts, batches_by_part, inputs_digest, score_parts
-from src.inference.predictor import Predictor
+from src.inference.predictor import Scorer, load_scorer
 
 
 def list_inputs(source: str, images: str | None) -> pd.DataFrame:
@@ -89,7 +89,7 @@ def error_for(path) -> str:
 
 
 def score_rows(
-    predictor: Predictor,
+    predictor: Scorer,
     rows: pd.DataFrame,
     parts: Parts,
     batch_size: int,
@@ -112,23 +112,32 @@ def score_rows(
         batch_sampler=batches,
     )
     bar = tqdm(loader, total=len(batches), desc=f"predict{f' {rank}' if world > 1 else ''}", unit="batch")
-    scored = ((index.numpy(), predictor.logits(images, tta), good.numpy()) for images, _, index, good in bar)
+    scored = (
+        (index.numpy(), predictor.member_logits(images, tta), good.numpy()) for images, _, index, good in bar
+    )
 
     def save(k: int, logits: np.ndarray, ok: np.ndarray) -> None:
         where = rows["path"].iloc[parts.rows_of(k)]
         parts.write(k, logits, ["" if good else error_for(p) for p, good in zip(where, ok, strict=True)])
 
-    score_parts(iter(scored), parts, todo, counts, save)
+    score_parts(iter(scored), parts, todo, counts, predictor.models, save)
 
 
-def results_table(predictor: Predictor, names: pd.Series, logits: np.ndarray, errors) -> pd.DataFrame:
-    """One answer per image from its logit (NaN and an error when it has none)."""
+def results_table(predictor: Scorer, names: pd.Series, member_logits: np.ndarray, errors) -> pd.DataFrame:
+    """One answer per image from its models' logits ((K, N); NaN and an error where there are none):
+    the mean logit's calibrated probability, and the spread of the K logits (their standard
+    deviation, in logit units) as its uncertainty, empty for a single model."""
     out = pd.DataFrame({"image_name": names.to_numpy(), "error": np.asarray(errors, object)})
     scored = out["error"].to_numpy() == ""
+    logits = member_logits.mean(axis=0)
     out["target"] = np.where(scored, predictor.probabilities(np.where(scored, logits, 0.0)), np.nan)
+    spread = member_logits.std(axis=0) if len(member_logits) > 1 else np.full(len(out), np.nan)
+    out["uncertainty"] = np.where(scored, spread, np.nan)
     out["logit"] = np.where(scored, logits, np.nan)
     out = with_decisions(out, predictor.threshold, "image")
-    return out[["image_name", "target", "label", "decision", "threshold", "stage", "error", "logit"]]
+    return out[
+        ["image_name", "target", "uncertainty", "label", "decision", "threshold", "stage", "error", "logit"]
+    ]
 
 
 def with_decisions(out: pd.DataFrame, threshold: float, stage: str) -> pd.DataFrame:
@@ -156,7 +165,7 @@ def apply_context(model: ContextModel, rows: pd.DataFrame, results: pd.DataFrame
     notes = {n: few_lesions_note(int(n)) for n in np.unique(lesions)}  # one string per count, shared
     out["context_note"] = [notes[n] for n in lesions]
     columns = ["image_name", "target", "label", "decision", "threshold", "stage", "image_probability"]
-    return out[[*columns, "patient_rank", "context_note", "error", "logit"]]
+    return out[[*columns, "uncertainty", "patient_rank", "context_note", "error", "logit"]]
 
 
 def input_notes(rows: pd.DataFrame, context: ContextModel | None) -> list[str]:
@@ -182,7 +191,7 @@ def submission(results: pd.DataFrame, id_column: str) -> str:
     return results[["image_name", "target"]].rename(columns={"image_name": id_column}).to_csv(index=False)
 
 
-def write_explanations(predictor: Predictor, rows: pd.DataFrame, results: pd.DataFrame, folder: Path) -> int:
+def write_explanations(predictor: Scorer, rows: pd.DataFrame, results: pd.DataFrame, folder: Path) -> int:
     from src.inference.gradcam import grad_cam, overlay_png
 
     if predictor.kind != "pytorch":
@@ -247,7 +256,7 @@ def main(argv=None) -> int:
 
 
 def predict(args, rank: int, world: int, local_rank: int) -> int:
-    predictor = Predictor(args.checkpoint, local_rank=local_rank)
+    predictor = load_scorer(args.checkpoint, local_rank=local_rank)
     tta = predictor.views(args.tta)
     if args.explain and predictor.kind != "pytorch":  # before any work, not after the CSV
         raise DataError("--explain needs a PyTorch checkpoint (.pth): Grad-CAM uses gradients")
@@ -271,7 +280,7 @@ def predict(args, rank: int, world: int, local_rank: int) -> int:
     return 0
 
 
-def open_parts(args, predictor: Predictor, rows: pd.DataFrame, tta: bool, rank: int) -> Parts:
+def open_parts(args, predictor: Scorer, rows: pd.DataFrame, tta: bool, rank: int) -> Parts:
     """OUT.parts/ of this prediction: new, or an interrupted run's to resume (src/inference/archive.py)."""
     what = {
         "model": predictor.version,
@@ -312,7 +321,7 @@ def write_results(args, predictor, rows, parts: Parts, context) -> tuple[int, in
     return len(results), int((results["error"] != "").sum())
 
 
-def write_by_part(out, predictor: Predictor, rows: pd.DataFrame, parts: Parts) -> tuple[int, int]:
+def write_by_part(out, predictor: Scorer, rows: pd.DataFrame, parts: Parts) -> tuple[int, int]:
     """The CSV one part at a time, so that memory holds one part's answers, not the archive's."""
     counts = [0, 0]
 
@@ -329,7 +338,7 @@ def write_by_part(out, predictor: Predictor, rows: pd.DataFrame, parts: Parts) -
     return counts[0], counts[1]
 
 
-def report(args, predictor: Predictor, rows: pd.DataFrame, counts: tuple[int, int], context) -> None:
+def report(args, predictor: Scorer, rows: pd.DataFrame, counts: tuple[int, int], context) -> None:
     if predictor.synthetic:
         print("note: SYNTHETIC demo model (train.py --demo): its outputs say nothing about real skin lesions")
     for note in input_notes(rows, context):

@@ -24,6 +24,7 @@ from src.core.checkpoint import (
     weights_digest,
 )
 from src.core.decision import answer
+from src.core.ensemble import read_ensemble
 from src.core.metrics import calibrated
 from src.core.runtime import Runtime
 from src.data.transforms import dihedral_views, load_input_bytes
@@ -39,7 +40,35 @@ def file_version(path: Path) -> str:
     return f"{path.name}@{digest.hexdigest()[:12]}"
 
 
-class Predictor:
+class Scorer:
+    """What every model behind predict.py and the service offers: calibrated probabilities and the
+    one answer per image at the saved threshold, from logits (subclasses give logits and views)."""
+
+    img_size: int
+    models = 1  # how many models' logits member_logits gives
+    threshold: float
+    temperature: float
+    bias: float
+
+    def probabilities(self, logits) -> np.ndarray:
+        return calibrated(logits, self.temperature, self.bias)
+
+    def logit_bytes(self, data: bytes, tta: bool = False, name: str = "upload") -> float:
+        return float(self.logits(load_input_bytes(data, self.img_size, name)[None], tta)[0])
+
+    def member_logit_bytes(self, data: bytes, tta: bool = False, name: str = "upload") -> np.ndarray:
+        """(K,) each model's logit for one encoded image (K = 1 for a single model)."""
+        return self.member_logits(load_input_bytes(data, self.img_size, name)[None], tta)[:, 0]
+
+    def decision(self, logit: float) -> dict:
+        """The image model's answer for one image: calibrated probability and the saved threshold."""
+        return answer(float(self.probabilities(logit)), self.threshold, "image")
+
+    def predict_bytes(self, data: bytes, tta: bool | None = None, name: str = "upload") -> dict:
+        return self.decision(self.logit_bytes(data, self.views(tta), name))
+
+
+class Predictor(Scorer):
     def __init__(self, path: str | Path, threads: int | None = None, local_rank: int = 0):
         self.path, self.local_rank = Path(path), local_rank
         if not self.path.is_file():
@@ -154,23 +183,90 @@ class Predictor:
             out = torch.stack([self.model(v).float() for v in (dihedral_views(x) if tta else [x])]).mean(0)
         return out.cpu().numpy()
 
-    def probabilities(self, logits) -> np.ndarray:
-        return calibrated(logits, self.temperature, self.bias)
-
-    def logit_bytes(self, data: bytes, tta: bool = False, name: str = "upload") -> float:
-        return float(self.logits(load_input_bytes(data, self.img_size, name)[None], tta)[0])
+    def member_logits(self, images: torch.Tensor, tta: bool = False) -> np.ndarray:
+        """(1, N): one model."""
+        return self.logits(images, tta)[None]
 
     def views(self, tta: bool | None) -> bool:
         """TTA or not: as the calibration was fitted (None), or refused when asked otherwise."""
         return calibration_tta(self._calibration, tta, self.path)
 
-    def decision(self, logit: float) -> dict:
-        """The image model's answer for one image: calibrated probability and the saved threshold."""
-        return answer(float(self.probabilities(logit)), self.threshold, "image")
-
-    def predict_bytes(self, data: bytes, tta: bool | None = None, name: str = "upload") -> dict:
-        return self.decision(self.logit_bytes(data, self.views(tta), name))
-
 
 def default_threads() -> int:
     return int(os.environ.get("THREADS", min(4, os.cpu_count() or 1)))
+
+
+class Ensemble(Scorer):
+    """The fold models of oof.py as one (FOLDER/ensemble.json, src/core/ensemble.py): the mean of
+    their logits, calibrated and thresholded on their out-of-fold logits; member_logits gives each
+    member's, whose spread is the prediction's uncertainty."""
+
+    def __init__(self, folder: str | Path, threads: int | None = None, local_rank: int = 0):
+        self.path = Path(folder)
+        spec = read_ensemble(self.path)
+        self.members = [self._member(name, threads, local_rank) for name in spec["members"]]
+        self.models = len(self.members)
+        sizes = {m.img_size for m in self.members}
+        if len(sizes) != 1:
+            raise CheckpointError(f"{self.path}: the members take different image sizes ({sorted(sizes)})")
+        first = self.members[0]
+        self.img_size, self.arch, self.model = first.img_size, first.arch, None
+        self.rt = getattr(first, "rt", None)  # ONNX members have none
+        self.kind = "ensemble"  # Grad-CAM needs one PyTorch model: refused, as for ONNX
+        self.threshold, self.temperature, self.bias = (
+            spec["threshold"],
+            spec["temperature"],
+            spec["logit_bias"],
+        )
+        self.calibrated_on, self.threshold_rule = spec.get("calibrated_on"), spec.get("threshold_rule")
+        self._calibration = {"calibration_tta": spec["calibration_tta"], "calibrated_on": self.calibrated_on}
+        self.synthetic = any(m.synthetic for m in self.members)
+        joined = hashlib.sha256(" ".join(m.version for m in self.members).encode()).hexdigest()[:12]
+        self.version = f"{self.path.name}/ ({len(self.members)} models)@{joined}"
+
+    def _member(self, name: str, threads, local_rank) -> Predictor:
+        path = self.path / name
+        if not path.resolve().is_relative_to(self.path.resolve()):
+            raise CheckpointError(f"{self.path}: member {name} leads outside the folder")
+        try:
+            return Predictor(path, threads, local_rank)
+        except CheckpointError as e:
+            raise CheckpointError(f"ensemble {self.path}, member {name}: {e}") from None
+
+    def member_logits(self, images: torch.Tensor, tta: bool = False) -> np.ndarray:
+        """(K, N): each member's logits (each averaged over the 8 views with tta)."""
+        return np.stack([m.logits(images, tta) for m in self.members])
+
+    def logits(self, images: torch.Tensor, tta: bool = False) -> np.ndarray:
+        return self.member_logits(images, tta).mean(axis=0)
+
+    def views(self, tta: bool | None) -> bool:
+        return calibration_tta(self._calibration, tta, self.path)
+
+    def info(self) -> dict:
+        return {
+            "model_file": f"{self.path.name}/",
+            "version": self.version,
+            "kind": self.kind,
+            "members": [m.info() for m in self.members],
+            "architecture": self.arch,
+            "image_size": self.img_size,
+            "threshold": self.threshold,
+            "temperature": self.temperature,
+            "logit_bias": self.bias,
+            "calibrated_on": self.calibrated_on,
+            "threshold_rule": self.threshold_rule,
+            "calibration_tta": self.views(None),
+            "training_data": self.members[0].training_data,
+            "synthetic_training_data": self.synthetic,
+            "calibrated_at": None,
+            "epoch": None,
+            "training_metrics": {},  # per member, under "members"
+        }
+
+
+def load_scorer(path: str | Path, threads: int | None = None, local_rank: int = 0) -> Scorer:
+    """A checkpoint (.pth), an export (.onnx) or the folder of oof.py (an ensemble)."""
+    return (
+        Ensemble(path, threads, local_rank) if Path(path).is_dir() else Predictor(path, threads, local_rank)
+    )

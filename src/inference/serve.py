@@ -49,7 +49,7 @@ from src.data.images import MAX_PIXELS, ImageDecodeError, ImageTooLarge, check_h
 from src.data.metadata import COLUMNS, age_in_years
 from src.data.patient_context import ugly_duckling_rank
 from src.errors import ProjectError
-from src.inference.predictor import Predictor, default_threads
+from src.inference.predictor import Scorer, default_threads, load_scorer
 from src.inference.report_html import STYLE as REPORT_STYLE
 from src.inference.report_html import report_page
 
@@ -135,12 +135,14 @@ class StartupError(ProjectError):
     """The model (or context model) named in the environment cannot be served."""
 
 
-def load_models() -> tuple[Predictor, ContextModel | None]:
+def load_models() -> tuple[Scorer, ContextModel | None]:
     path = os.environ.get("MODEL_PATH")
     if not path:
-        raise StartupError("set MODEL_PATH to a checkpoint (.pth) or an exported model (.onnx)")
+        raise StartupError(
+            "set MODEL_PATH to a checkpoint (.pth), an exported model (.onnx) or the folder of oof.py"
+        )
     try:
-        predictor = Predictor(path, threads=default_threads())
+        predictor = load_scorer(path, threads=default_threads())
         context = ContextModel.load(os.environ["CONTEXT_MODEL"]) if os.environ.get("CONTEXT_MODEL") else None
     except Exception as e:  # any failure must stop start-up: never a service without a model
         raise StartupError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
@@ -348,7 +350,8 @@ def evaluation_summary(r: dict) -> dict:
 
 
 def report_folder(predictor) -> Path:
-    return predictor.path.parent / "eval"
+    """eval/ beside the checkpoint; an ensemble's inside its folder (never another model's)."""
+    return predictor.path / "eval" if predictor.path.is_dir() else predictor.path.parent / "eval"
 
 
 @api.get("/report", response_class=HTMLResponse, include_in_schema=False)
@@ -401,10 +404,10 @@ def predict(
     predictor = api.state.predictor
     try:
         with api.state.lock:
-            logit = predictor.logit_bytes(data, tta=views)
+            members = predictor.member_logit_bytes(data, tta=views)
     except ImageDecodeError as e:
         raise decode_error(e) from None
-    result = score_patient([logit], [meta])[0]
+    result = score_patient([members], [meta])[0]
     del result["ugly_duckling_rank"]  # one image: no other lesion of the patient to compare with
     return {**result, **about_the_model(predictor)}
 
@@ -443,7 +446,7 @@ def triage(
         try:
             data = read_image_upload(file)
             with api.state.lock:
-                logits.append(predictor.logit_bytes(data, tta=views))
+                logits.append(predictor.member_logit_bytes(data, tta=views))
         except ImageDecodeError as e:
             raise HTTPException(decode_error(e).status_code, f"{name}: {decode_error(e).detail}") from None
         except HTTPException as e:  # which of the patient's files was refused
@@ -490,11 +493,13 @@ def parse_metadata_list(metadata: str | None, names: list[str]) -> list[dict]:
     return [parse_metadata(item, name) for item, name in zip(items, names, strict=True)]
 
 
-def score_patient(logits: list[float], metas: list[dict]) -> list[dict]:
-    """One answer per lesion of one patient (src/core/decision.py): the context stage's when loaded
-    (metadata and the patient's other lesions), else the image model's; with the image model's own
-    probability beside it and the ugly-duckling rank."""
-    predictor, logits = api.state.predictor, np.asarray(logits, dtype=np.float64)
+def score_patient(member_logits: list[np.ndarray], metas: list[dict]) -> list[dict]:
+    """One answer per lesion of one patient (src/core/decision.py) from its models' logits: the
+    context stage's when loaded (metadata and the patient's other lesions, fed the models' mean
+    logit), else the image model's; with the image model's own probability beside it, the
+    ugly-duckling rank, and for an ensemble the spread of its models' logits as the uncertainty."""
+    predictor, members = api.state.predictor, np.asarray(member_logits, dtype=np.float64)
+    logits = members.mean(axis=1)
     image_p = predictor.probabilities(logits)
     rank = ugly_duckling_rank(logits, np.zeros(len(logits)))  # one request, one patient
     context = api.state.context
@@ -519,6 +524,7 @@ def score_patient(logits: list[float], metas: list[dict]) -> list[dict]:
                 else {}
             ),
             **({"context_note": note} if note else {}),
+            **({"uncertainty": float(members[i].std())} if predictor.models > 1 else {}),
         }
         for i in range(len(logits))
     ]

@@ -8,7 +8,8 @@ Fold k trains in OUT/fold{k}/ with train.py's settings plus NUM_FOLDS=K, FOLD=k;
 finished is collected, not retrained (--retrain to redo it). Every fold run must share one split (same
 data, SEED and NUM_FOLDS: checked), so each image is in exactly one validation fold. Writes
 OUT/oof.csv: image_name, fold, target, logit, probability. Stacking on in-fold scores would leak: the
-image model has seen those images.
+image model has seen those images. Also writes OUT/ensemble.json (src/core/ensemble.py): the K fold
+models as one, calibrated on their out-of-fold logits, for predict.py --checkpoint OUT.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import pandas as pd
 
 from src.core import metrics as M
 from src.core.checkpoint import load_checkpoint, model_from_checkpoint
+from src.core.ensemble import FILE as ENSEMBLE_FILE
+from src.core.ensemble import write_ensemble
 from src.core.run_data import run_images
 from src.core.runtime import logits_for_table
 from src.data.atomic import atomic_write_text
@@ -139,6 +142,10 @@ def main(argv=None) -> int:
     print(
         f"{len(oof):,} images scored out of fold by {args.folds} models: AUC {auc:.4f} -> {out / 'oof.csv'}"
     )
+    if M.has_both_classes(y):
+        stable = [b.parent / "best.pth" if (b.parent / "best.pth").is_file() else b for b in bests]
+        write_ensemble(out, stable, oof["logit"].to_numpy(), y, args.tta)
+        print(f"the {args.folds} fold models as one: predict.py --checkpoint {out} ({out / ENSEMBLE_FILE})")
     return 0
 
 

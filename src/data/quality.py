@@ -1,0 +1,107 @@
+"""Can this image be judged at all? Image-quality measures and a gate fitted on training images.
+
+Every image a model answers for should look, in its basic statistics, like the images it learnt
+from. The measures, on the image with its short side at WORK_SIDE pixels:
+
+  short_side     the original's short side in pixels (a thumbnail has no dermoscopic detail)
+  sharpness      detail finer than 2 px against detail up to 8 px: std(grey - blur(2)) over
+                 std(grey - blur(8)) + 1; a blur removes the first before the second, whatever the
+                 image's contrast (a plain Laplacian stopped falling at its 8-bit rounding noise)
+  brightness     mean grey level, 0-255
+  bright_share   share of pixels at 250 or more in every channel (burnt out)
+  dark_share     share of pixels at 5 or less in every channel (black)
+  contrast       standard deviation of the grey level
+  colourfulness  Hasler and Suesstrunk's colourfulness (0 for a grey image)
+
+fit_gate() sets each rule's threshold from the training images: the GATE_QUANTILE of the measure on
+the side where images become unusable, times the rule's factor (further out), never closer than its
+floor. check() names the first rule an image breaks. Measured on real images: docs/gate.md.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from src.data.images import decode_bytes, image_size, read_image_bytes
+
+WORK_SIDE = 256  # short side the measures are taken at
+GATE_QUANTILE = 0.005  # the training images' edge each threshold starts from (0.5% on the bad side)
+MEASURES = (
+    "short_side",
+    "sharpness",
+    "brightness",
+    "bright_share",
+    "dark_share",
+    "contrast",
+    "colourfulness",
+)
+# reason -> (measure, unusable side, factor on the training edge, floor), checked in this order.
+# The factors keep every threshold beyond the real images of docs/gate.md (none of them refused by
+# more than one rule) while blurred and over- or under-exposed copies of them are refused.
+RULES = {
+    "too small": ("short_side", "low", 0.5, 0.0),  # half the smallest training side: upscaled 2x
+    "overexposed": ("bright_share", "high", 1.5, 0.05),  # at least 5% burnt-out pixels
+    "too bright": ("brightness", "high", 1.07, 0.0),
+    "underexposed": ("dark_share", "high", 1.5, 0.05),
+    "too dark": ("brightness", "low", 0.67, 0.0),  # before contrast and colour, which darkness lowers
+    "nearly uniform": ("contrast", "low", 0.5, 0.0),
+    "greyscale": ("colourfulness", "low", 0.5, 0.0),
+    "blurred": ("sharpness", "low", 0.8, 0.0),
+}
+
+
+def measures(rgb: np.ndarray, short_side: int | None = None) -> dict[str, float]:
+    """The measures of one RGB uint8 image (any size); short_side: the original's, when the image
+    was decoded reduced."""
+    h, w = rgb.shape[:2]
+    scale = WORK_SIDE / min(h, w)
+    if scale != 1:  # the same scale for every image: the sharpness compares fixed pixel distances
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    contrast = float(grey.std())
+    fine = (grey - cv2.GaussianBlur(grey, (0, 0), 2)).std()
+    coarse = (grey - cv2.GaussianBlur(grey, (0, 0), 8)).std()
+    r, g, b = (rgb[..., k].astype(np.float32) for k in range(3))
+    rg, yb = r - g, (r + g) / 2 - b
+    colourfulness = np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean())
+    return {
+        "short_side": float(short_side or min(h, w)),
+        "sharpness": float(fine / (coarse + 1.0)),
+        "brightness": float(grey.mean()),
+        "bright_share": float((rgb.min(axis=2) >= 250).mean()),
+        "dark_share": float((rgb.max(axis=2) <= 5).mean()),
+        "contrast": contrast,
+        "colourfulness": float(colourfulness),
+    }
+
+
+def measure_file(path) -> dict[str, float]:
+    """The measures of an image file (or HDF5 member), decoded reduced where the file allows;
+    ImageDecodeError when it cannot be read."""
+    data = read_image_bytes(path)
+    width, height = image_size(data) or (0, 0)
+    return measures(decode_bytes(data, WORK_SIDE, str(path)), min(width, height) or None)
+
+
+def fit_gate(rows: list[dict[str, float]]) -> dict[str, dict]:
+    """reason -> {"measure", "side", "threshold"} fitted on the training images' measures."""
+    gate = {}
+    for reason, (measure, side, factor, floor) in RULES.items():
+        values = np.array([r[measure] for r in rows], dtype=np.float64)
+        edge = float(np.quantile(values, GATE_QUANTILE if side == "low" else 1 - GATE_QUANTILE))
+        threshold = max(edge * factor, floor)
+        gate[reason] = {"measure": measure, "side": side, "threshold": threshold}
+    return gate
+
+
+def check(gate: dict[str, dict], values: dict[str, float]) -> str:
+    """The first rule the image breaks ("" when it is assessable)."""
+    for reason, rule in gate.items():
+        v = values[rule["measure"]]
+        if (rule["side"] == "low" and v < rule["threshold"]) or (
+            rule["side"] == "high" and v > rule["threshold"]
+        ):
+            return reason
+    return ""

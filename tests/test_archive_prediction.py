@@ -34,12 +34,12 @@ def test_parts_of_another_prediction_are_refused_and_a_damaged_part_is_scored_ag
     parts = Parts(tmp_path / "p.csv", {"model": "a", "inputs": "x"}, rows=30, part_rows=12)
     parts.open(0)
     assert parts.count == 3 and parts.todo(0, 1) == [0, 1, 2] and parts.todo(1, 2) == [1]
-    parts.write(0, np.arange(24.0).reshape(2, 12), [""] * 12)  # two models' logits
-    parts.write(2, np.full((2, 6), np.nan), ["not found"] * 6)
+    parts.write(0, np.arange(24.0).reshape(2, 12), [""] * 12, ["blurred"] + [""] * 11)  # two models
+    parts.write(2, np.full((2, 6), np.nan), ["not found"] * 6, [""] * 6)
     assert parts.todo(0, 1) == [1] and parts.read(2)[1].tolist() == ["not found"] * 6
-    assert parts.read(0)[0].shape == (2, 12)
+    assert parts.read(0)[0].shape == (2, 12) and parts.read(0)[2][0] == "blurred"
     parts.path(2).write_bytes(b"PK\x03\x04 damaged")
-    parts.write(1, np.arange(5.0), [""] * 5)  # a part of the wrong shape is not trusted either
+    parts.write(1, np.arange(5.0), [""] * 5, [""] * 5)  # a part of the wrong shape is not trusted either
     assert parts.todo(0, 1) == [1, 2]
     with pytest.raises(DataError, match="missing"):
         parts.all_scores()
@@ -64,11 +64,11 @@ def test_an_interrupted_prediction_resumes_and_writes_what_one_run_writes(
     assert not (tmp_path / "whole.csv.parts").exists()  # removed once the output is written
     scored, write = [], Parts.write
 
-    def interrupted_after_two_parts(self, k, logits, errors):
+    def interrupted_after_two_parts(self, k, *scores):
         if len(scored) == 2:
             raise KeyboardInterrupt
         scored.append(k)
-        write(self, k, logits, errors)
+        write(self, k, *scores)
 
     monkeypatch.setattr(Parts, "write", interrupted_after_two_parts)
     resumed = tmp_path / "resumed.csv"

@@ -34,7 +34,17 @@ def test_cli_predictions_equal_evaluation_probabilities(trained_run, demo_dir, t
     )
     assert r.returncode == 0, r.stderr
     predicted = pd.read_csv(tmp_path / "p.csv")
-    columns = ["image_name", "target", "uncertainty", "label", "decision", "threshold", "stage", "error"]
+    columns = [
+        "image_name",
+        "target",
+        "uncertainty",
+        "assessable",
+        "reason",
+        "label",
+        "decision",
+        "threshold",
+    ]
+    columns += ["stage", "error"]
     assert list(predicted.columns) == columns and len(predicted) == 80
     assert predicted["uncertainty"].isna().all()  # one model: no spread to report
     both = evaluated.merge(predicted, on="image_name")

@@ -146,7 +146,15 @@ def test_prediction_with_the_context_stage_scores_each_patient_together(run2024,
     assert r.returncode == 0, r.stderr
     pred = pd.read_csv(out).set_index("image_name")
     decision = ["target", "label", "decision", "threshold", "stage"]
-    extra = ["image_probability", "uncertainty", "patient_rank", "context_note", "error"]
+    extra = [
+        "image_probability",
+        "uncertainty",
+        "assessable",
+        "reason",
+        "patient_rank",
+        "context_note",
+        "error",
+    ]
     assert list(pred.columns) == [*decision, *extra]
     assert (pred["stage"] == "context").all()  # the context stage's answer, at its own threshold
     assert pred.loc["ISIC_9999999", "error"] == "file not found"

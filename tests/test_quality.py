@@ -64,3 +64,64 @@ def test_measures_of_files_and_degenerate_images(tmp_path):
     (tmp_path / "b.jpg").write_bytes(b"not an image")
     with pytest.raises(ImageDecodeError):
         measure_file(tmp_path / "b.jpg")
+
+
+def test_a_gate_read_from_a_file_is_checked(gate):
+    from src.core.checkpoint import CheckpointError, check_settings
+    from src.data.quality import gate_problem
+
+    assert gate_problem(gate) == ""
+    settings = {"arch": "resnet18", "img_size": 64, "mean": [0.5] * 3, "std": [0.2] * 3}
+    check_settings({**settings, "quality_gate": gate}, "x.pth")
+    for bad in (
+        [],
+        {"blurred": {"measure": "brightness", "side": "low", "threshold": 0.1}},
+        {"blurred": {"measure": "sharpness", "side": "low", "threshold": float("nan")}},
+        {"exploded": {"measure": "sharpness", "side": "low", "threshold": 0.1}},
+        {"blurred": "low"},
+    ):
+        with pytest.raises(CheckpointError, match="quality_gate"):
+            check_settings({**settings, "quality_gate": bad}, "x.pth")
+
+
+@pytest.mark.slow
+def test_evaluation_fits_the_gate_and_prediction_says_which_images_it_cannot_assess(
+    trained_run, demo_dir, tmp_path
+):
+    import shutil
+
+    import pandas as pd
+
+    from src.core.checkpoint import load_checkpoint
+
+    from helpers import run_script
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run[0], run)
+    best = run / trained_run[1].name
+    r = run_script("src/training/evaluate.py", "--checkpoint", best, "--bootstrap", 20, "--workers", 0)
+    assert r.returncode == 0, r.stderr
+    assert list(load_checkpoint(best)["quality_gate"]) == list(RULES)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    names = sorted(p.name for p in demo_dir.glob("*.jpg"))[:3]
+    for name in names:
+        shutil.copy(demo_dir / name, folder / name)
+    image = cv2.cvtColor(cv2.imread(str(demo_dir / names[0])), cv2.COLOR_BGR2RGB)
+    write_jpeg(folder / "blank.jpg", np.full((300, 300, 3), 128, np.uint8))
+    write_jpeg(folder / "black.jpg", np.zeros((300, 300, 3), np.uint8))
+    write_jpeg(folder / "grey.jpg", np.repeat(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2))
+    r = run_script(
+        "src/inference/predict.py", "--checkpoint", best, folder, "--out", tmp_path / "p.csv", "--workers", 0
+    )
+    assert r.returncode == 0, r.stderr
+    p = pd.read_csv(tmp_path / "p.csv", keep_default_na=False).set_index("image_name")
+    real = [n[:-4] for n in names]
+    assert (p.loc[real, "assessable"].astype(str).str.lower() == "true").sum() >= 2
+    assert p.loc["blank", "reason"] == "nearly uniform" and p.loc["black", "reason"] in (
+        "underexposed",
+        "too dark",
+    )
+    assert p.loc["grey", "reason"] == "greyscale"
+    assert (p.loc[["blank", "black", "grey"], "assessable"].astype(str).str.lower() == "false").all()
+    assert p["target"].astype(float).between(0, 1).all()  # still scored, clearly marked

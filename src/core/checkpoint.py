@@ -19,6 +19,7 @@ import torchvision
 from src.core.metrics import finite_number
 from src.core.model import ARCHITECTURES, IMG_SIZE_RANGE, MelanomaNet
 from src.data.atomic import replace_atomically
+from src.data.quality import gate_problem
 from src.errors import ProjectError
 
 FORMAT = "melanoma-classifier/1"
@@ -140,6 +141,8 @@ def check_settings(s: dict, source) -> None:
         problems.append(f"temperature {s['temperature']!r} is not a positive number")
     if "logit_bias" in s and not finite_number(s["logit_bias"]):
         problems.append(f"logit_bias {s['logit_bias']!r} is not a number")
+    if s.get("quality_gate") is not None and gate_problem(s["quality_gate"]):
+        problems.append(gate_problem(s["quality_gate"]))
     if problems:
         raise CheckpointError(f"{source} has invalid settings: {'; '.join(problems)}")
 

@@ -15,28 +15,41 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from src.data.images import ImageDecodeError
-from src.data.transforms import load_input
+from src.data.quality import check, decode_measured
+from src.data.transforms import load_input, preprocess
 
 
 class ImageDataset(Dataset):
     """Returns (uint8 image (3, S, S), target, index, ok). A file that fails to decode gives ok=False
-    and a black image, so that one bad JPEG skips one sample instead of killing the epoch."""
+    and a black image, so that one bad JPEG skips one sample instead of killing the epoch.
+    With a quality `gate` (src/data/quality.py) it also returns which rule the image breaks: its
+    position in the gate plus one, 0 when it is assessable, -1 when it could not be read; the
+    measures are taken from the very pixels the model gets, decoded once."""
 
-    def __init__(self, paths, targets, img_size: int):
+    def __init__(self, paths, targets, img_size: int, gate: dict | None = None):
         self.paths = np.array([os.fsencode(str(p)) for p in paths], dtype=np.bytes_)
         self.targets = np.asarray(targets, dtype=np.float32)
-        self.img_size = img_size
+        self.img_size, self.gate = img_size, gate
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
         path = os.fsdecode(self.paths[index])
+        rule = -1
         try:
-            image, ok = load_input(path, self.img_size), True
+            if self.gate is None:
+                image = load_input(path, self.img_size)
+            else:
+                rgb, values = decode_measured(path, self.img_size)  # the pixels load_input decodes
+                broken = check(self.gate, values)
+                rule = list(self.gate).index(broken) + 1 if broken else 0
+                image = preprocess(rgb, self.img_size)
+            ok = True
         except (ImageDecodeError, OSError, ValueError):
             image, ok = torch.zeros(3, self.img_size, self.img_size, dtype=torch.uint8), False
-        return image, torch.tensor(self.targets[index]), index, ok
+        item = (image, torch.tensor(self.targets[index]), index, ok)
+        return item if self.gate is None else (*item, rule)
 
 
 class EpochSampler(Sampler):

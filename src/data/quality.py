@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
-from src.data.images import decode_bytes, image_size, read_image_bytes
+from src.data.images import ImageDecodeError, check_header, decode_bytes, decoding_pool, read_image_bytes
 
 WORK_SIDE = 256  # short side the measures are taken at
 GATE_QUANTILE = 0.005  # the training images' edge each threshold starts from (0.5% on the bad side)
@@ -77,12 +78,56 @@ def measures(rgb: np.ndarray, short_side: int | None = None) -> dict[str, float]
     }
 
 
-def measure_file(path) -> dict[str, float]:
-    """The measures of an image file (or HDF5 member), decoded reduced where the file allows;
-    ImageDecodeError when it cannot be read."""
+def decode_measured(path, decode_side: int) -> tuple[np.ndarray, dict[str, float]]:
+    """(RGB image, its measures): decoded as the model's input is (short side decode_side, reduced
+    JPEG decoding), measured with the original's short side, so that fitting and checking see the
+    same pixels; ImageDecodeError when it cannot be read."""
     data = read_image_bytes(path)
-    width, height = image_size(data) or (0, 0)
-    return measures(decode_bytes(data, WORK_SIDE, str(path)), min(width, height) or None)
+    width, height = check_header(data, str(path))
+    rgb = decode_bytes(data, decode_side, str(path))
+    return rgb, measures(rgb, min(width, height))
+
+
+def measure_file(path, decode_side: int = WORK_SIDE) -> dict[str, float]:
+    return decode_measured(path, decode_side)[1]
+
+
+def _measure_or_none(job: tuple[str, int]) -> dict[str, float] | None:
+    try:
+        return measure_file(*job)
+    except (ImageDecodeError, OSError, ValueError):
+        return None
+
+
+def fit_gate_on_files(paths, decode_side: int, workers: int = 0, progress: bool = True) -> dict[str, dict]:
+    """fit_gate on the measures of image files (the training split), one process per core;
+    unreadable files are left out."""
+    jobs = [(str(p), decode_side) for p in paths]
+    with decoding_pool(workers) as pool:
+        found = list(tqdm(pool.imap(_measure_or_none, jobs, chunksize=32), total=len(jobs), desc="gate",
+                          unit="img", disable=not progress, leave=False))  # fmt: skip
+    rows = [r for r in found if r is not None]
+    if not rows:
+        raise ValueError("no readable training image to fit the quality gate on")
+    return fit_gate(rows)
+
+
+def gate_problem(gate) -> str:
+    """What is wrong with a gate read from a file ("" when nothing): only known rules, each on its
+    own measure and side, with a finite threshold."""
+    if not isinstance(gate, dict) or not gate or len(gate) > len(RULES):
+        return "quality_gate is not a table of rules"
+    for reason, rule in gate.items():
+        if reason not in RULES or not isinstance(rule, dict):
+            return f"quality_gate has an unknown rule {str(reason)[:40]!r}"
+        measure, side = RULES[reason][:2]
+        threshold = rule.get("threshold")
+        finite = (
+            isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and np.isfinite(threshold)
+        )
+        if rule.get("measure") != measure or rule.get("side") != side or not finite:
+            return f"quality_gate rule {reason!r} is not ({measure}, {side}, a finite threshold)"
+    return ""
 
 
 def fit_gate(rows: list[dict[str, float]]) -> dict[str, dict]:

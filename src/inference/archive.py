@@ -66,31 +66,32 @@ class Parts:
     def path(self, k: int) -> Path:
         return self.folder / f"part-{k:06d}.npz"
 
-    def read(self, k: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """(logits (K models, rows), errors) of part k, or None when it is not done (or damaged:
-        scored again)."""
+    def read(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(logits (K models, rows), errors, quality reasons) of part k, or None when it is not done
+        (or damaged: scored again)."""
         if not self.path(k).is_file():  # not written yet (or not a plain file: never opened)
             return None
         try:
             with np.load(self.path(k), allow_pickle=False) as z:
-                logits, errors = z["logit"], z["error"]
+                logits, errors, reasons = z["logit"], z["error"], z["reason"]
         except UNREADABLE_NPZ:
             return None
         n = len(self.rows_of(k))
-        shapes = (
-            logits.ndim == 2
-            and 1 <= len(logits) <= MAX_MODELS
-            and logits.shape[1] == n
-            and errors.shape == (n,)
-        )
-        if not shapes or logits.dtype.kind != "f" or errors.dtype.kind != "U":
+        shapes = logits.ndim == 2 and 1 <= len(logits) <= MAX_MODELS and logits.shape[1] == n
+        texts = all(a.shape == (n,) and a.dtype.kind == "U" for a in (errors, reasons))
+        if not shapes or not texts or logits.dtype.kind != "f":
             return None
-        return logits.astype(np.float64), errors
+        return logits.astype(np.float64), errors, reasons
 
-    def write(self, k: int, logits: np.ndarray, errors) -> None:
+    def write(self, k: int, logits: np.ndarray, errors, reasons) -> None:
         def save(tmp):
             with open(tmp, "wb") as f:
-                np.savez(f, logit=np.asarray(logits, np.float64), error=np.asarray(errors, str))
+                np.savez(
+                    f,
+                    logit=np.asarray(logits, np.float64),
+                    error=np.asarray(errors, str),
+                    reason=np.asarray(reasons, str),
+                )
 
         replace_atomically(self.path(k), save)
 
@@ -98,14 +99,15 @@ class Parts:
         """This process's share (every world_size-th part) that is not done yet."""
         return [k for k in range(rank, self.count, world_size) if self.read(k) is None]
 
-    def all_scores(self) -> tuple[np.ndarray, np.ndarray]:
+    def all_scores(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         parts = [self.read(k) for k in range(self.count)]
         missing = [k for k, p in enumerate(parts) if p is None]
         if missing:
             raise DataError(
                 f"{len(missing)} parts of {self.folder}/ are missing (first: {self.path(missing[0])})"
             )
-        return np.concatenate([p[0] for p in parts], axis=1), np.concatenate([p[1] for p in parts])
+        logits, errors, reasons = zip(*parts, strict=True)
+        return np.concatenate(logits, axis=1), np.concatenate(errors), np.concatenate(reasons)
 
     def remove(self) -> None:
         remove_stale_temporaries(self.folder)
@@ -145,15 +147,18 @@ def batches_by_part(
 def score_parts(
     batches: Iterator, parts: Parts, todo: list[int], counts: list[int], models: int, on_part: Callable
 ) -> None:
-    """Consume (row positions, (K, batch) logits, good) batches in order; on_part(k, logits, ok) as
-    each part ends (a part without a readable image gets K rows of NaN)."""
+    """Consume (row positions, (K, batch) logits, good, quality rule codes or None) batches in order;
+    on_part(k, logits, ok, rules) as each part ends (a part without a readable image gets K rows of
+    NaN; rules are -1 where no gate measured)."""
     for k, count in zip(todo, counts, strict=True):
         rows = parts.rows_of(k)
-        logits, ok = None, np.zeros(len(rows), bool)
+        logits, ok, rules = None, np.zeros(len(rows), bool), np.full(len(rows), -1)
         for _ in range(count):
-            index, batch_logits, good = next(batches)  # batch_logits: (K models, batch)
+            index, batch_logits, good, batch_rules = next(batches)  # batch_logits: (K models, batch)
             if logits is None:
                 logits = np.full((len(batch_logits), len(rows)), np.nan)
             logits[:, index - rows[0]], ok[index - rows[0]] = batch_logits, good
+            if batch_rules is not None:
+                rules[index - rows[0]] = batch_rules
         logits = np.full((models, len(rows)), np.nan) if logits is None else logits
-        on_part(k, np.where(ok, logits, np.nan), ok)
+        on_part(k, np.where(ok, logits, np.nan), ok, rules)

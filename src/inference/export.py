@@ -55,6 +55,7 @@ SETTING_KEYS = (
     "calibrated_on",
     "calibrated_at",
     "calibration_tta",
+    "quality_gate",
     "epoch",
     "metrics",
 )

@@ -104,8 +104,9 @@ def score_rows(
     todo = parts.todo(rank, world)
     batches, counts = batches_by_part(parts, todo, present, batch_size)
     paths = rows["path"].where(present, "").tolist()
+    gate = predictor.quality_gate
     loader = make_loader(
-        ImageDataset(paths, np.zeros(len(rows)), predictor.img_size),
+        ImageDataset(paths, np.zeros(len(rows)), predictor.img_size, gate),
         batch_size,
         workers=default_workers(workers, dist.local_processes()),
         pin_memory=predictor.kind == "pytorch" and predictor.rt.device.type == "cuda",
@@ -113,31 +114,48 @@ def score_rows(
     )
     bar = tqdm(loader, total=len(batches), desc=f"predict{f' {rank}' if world > 1 else ''}", unit="batch")
     scored = (
-        (index.numpy(), predictor.member_logits(images, tta), good.numpy()) for images, _, index, good in bar
+        (b[2].numpy(), predictor.member_logits(b[0], tta), b[3].numpy(), b[4].numpy() if gate else None)
+        for b in bar
     )
+    reasons = ["", *gate] if gate else [""]  # rule code + 1 -> its name; -1 and 0: none
 
-    def save(k: int, logits: np.ndarray, ok: np.ndarray) -> None:
+    def save(k: int, logits: np.ndarray, ok: np.ndarray, rules: np.ndarray) -> None:
         where = rows["path"].iloc[parts.rows_of(k)]
-        parts.write(k, logits, ["" if good else error_for(p) for p, good in zip(where, ok, strict=True)])
+        errors = ["" if good else error_for(p) for p, good in zip(where, ok, strict=True)]
+        parts.write(k, logits, errors, [reasons[r] if r > 0 else "" for r in rules])
 
     score_parts(iter(scored), parts, todo, counts, predictor.models, save)
 
 
-def results_table(predictor: Scorer, names: pd.Series, member_logits: np.ndarray, errors) -> pd.DataFrame:
+def results_table(
+    predictor: Scorer, names: pd.Series, member_logits: np.ndarray, errors, reasons
+) -> pd.DataFrame:
     """One answer per image from its models' logits ((K, N); NaN and an error where there are none):
-    the mean logit's calibrated probability, and the spread of the K logits (their standard
-    deviation, in logit units) as its uncertainty, empty for a single model."""
+    the mean logit's calibrated probability, the spread of the K logits (their standard deviation,
+    in logit units) as its uncertainty (empty for a single model), and whether the quality gate
+    found it assessable, with the reason when not (both empty when the model has no gate yet)."""
     out = pd.DataFrame({"image_name": names.to_numpy(), "error": np.asarray(errors, object)})
     scored = out["error"].to_numpy() == ""
     logits = member_logits.mean(axis=0)
     out["target"] = np.where(scored, predictor.probabilities(np.where(scored, logits, 0.0)), np.nan)
     spread = member_logits.std(axis=0) if len(member_logits) > 1 else np.full(len(out), np.nan)
     out["uncertainty"] = np.where(scored, spread, np.nan)
+    gated = scored & (predictor.quality_gate is not None)
+    out["assessable"] = np.where(gated, np.where(np.asarray(reasons) == "", "true", "false"), "")
+    out["reason"] = np.where(gated, reasons, "")
     out["logit"] = np.where(scored, logits, np.nan)
     out = with_decisions(out, predictor.threshold, "image")
-    return out[
-        ["image_name", "target", "uncertainty", "label", "decision", "threshold", "stage", "error", "logit"]
+    columns = [
+        "image_name",
+        "target",
+        "uncertainty",
+        "assessable",
+        "reason",
+        "label",
+        "decision",
+        "threshold",
     ]
+    return out[[*columns, "stage", "error", "logit"]]
 
 
 def with_decisions(out: pd.DataFrame, threshold: float, stage: str) -> pd.DataFrame:
@@ -165,7 +183,9 @@ def apply_context(model: ContextModel, rows: pd.DataFrame, results: pd.DataFrame
     notes = {n: few_lesions_note(int(n)) for n in np.unique(lesions)}  # one string per count, shared
     out["context_note"] = [notes[n] for n in lesions]
     columns = ["image_name", "target", "label", "decision", "threshold", "stage", "image_probability"]
-    return out[[*columns, "uncertainty", "patient_rank", "context_note", "error", "logit"]]
+    return out[
+        [*columns, "uncertainty", "assessable", "reason", "patient_rank", "context_note", "error", "logit"]
+    ]
 
 
 def input_notes(rows: pd.DataFrame, context: ContextModel | None) -> list[str]:
@@ -287,6 +307,7 @@ def open_parts(args, predictor: Scorer, rows: pd.DataFrame, tta: bool, rank: int
         "inputs": inputs_digest(rows),
         "tta": tta,
         "batch_size": args.batch_size,
+        "quality_gate": predictor.quality_gate,
     }
     parts = Parts(args.out, what, len(rows), args.part_rows)
     if rank == 0:
@@ -305,8 +326,8 @@ def write_results(args, predictor, rows, parts: Parts, context) -> tuple[int, in
     --explain need every row at once; a plain prediction is written part by part."""
     if not (context or args.submission or args.explain):
         return write_by_part(args.out, predictor, rows, parts)
-    logits, errors = parts.all_scores()
-    results = results_table(predictor, rows["image_name"], logits, errors)
+    logits, errors, reasons = parts.all_scores()
+    results = results_table(predictor, rows["image_name"], logits, errors, reasons)
     if context:
         results = apply_context(context, rows, results)
     text = (

@@ -46,6 +46,7 @@ class Scorer:
 
     img_size: int
     models = 1  # how many models' logits member_logits gives
+    quality_gate: dict | None = None  # src/data/quality.py: what makes an image unassessable
     threshold: float
     temperature: float
     bias: float
@@ -146,6 +147,7 @@ class Predictor(Scorer):
         self._calibration = {k: s.get(k) for k in ("calibration_tta", "calibrated_on")}
         self.metrics = s.get("metrics") or {}
         self.epoch = s.get("epoch")
+        self.quality_gate = s.get("quality_gate")  # checked by check_settings; None: not fitted yet
 
     def info(self) -> dict:
         return {
@@ -221,6 +223,7 @@ class Ensemble(Scorer):
         self.calibrated_on, self.threshold_rule = spec.get("calibrated_on"), spec.get("threshold_rule")
         self._calibration = {"calibration_tta": spec["calibration_tta"], "calibrated_on": self.calibrated_on}
         self.synthetic = any(m.synthetic for m in self.members)
+        self.quality_gate = next((m.quality_gate for m in self.members if m.quality_gate), None)
         joined = hashlib.sha256(" ".join(m.version for m in self.members).encode()).hexdigest()[:12]
         self.version = f"{self.path.name}/ ({len(self.members)} models)@{joined}"
 

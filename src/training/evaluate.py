@@ -39,6 +39,7 @@ from src.data.atomic import atomic_write_json, atomic_write_text
 from src.data.dedup import fingerprints, near_pairs
 from src.data.labels import DataError, load_labeled_images
 from src.data.metadata import group_kinds, split_groups, text
+from src.data.quality import fit_gate_on_files
 from src.data.splits import SplitError
 from src.errors import ProjectError, command
 from src.training import report as R
@@ -140,6 +141,19 @@ def calibrate(ckpt: dict, logits, y, own_split: bool, min_sensitivity: float) ->
     }
 
 
+def training_quality_gate(ckpt: dict, ckpt_path: Path, workers: int) -> dict | None:
+    """The image-quality gate (src/data/quality.py) fitted on the run's training images, decoded as
+    the model sees them; None when they cannot be found (the checkpoint keeps no gate then)."""
+    try:
+        train, _ = run_images(ckpt, ckpt_path, "train")
+    except (RunDataError, SplitError, DataError):
+        return None
+    try:
+        return fit_gate_on_files(train["path"], ckpt["img_size"], max(workers, 0))
+    except ValueError:
+        return None
+
+
 def save_calibration(ckpt: dict, path: Path, cal: dict) -> None:
     """Write the fitted calibration into the checkpoint: threshold, temperature, logit_bias,
     threshold_rule, calibrated_on and calibrated_at. The weights are untouched, so the model_version
@@ -153,6 +167,7 @@ def save_calibration(ckpt: dict, path: Path, cal: dict) -> None:
             "calibrated_on": "the run's validation split",
             "calibration_tta": cal["tta"],  # prediction must average the same views
             "calibrated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **({"quality_gate": cal["quality_gate"]} if cal.get("quality_gate") else {}),
         }
     )
     save_checkpoint(ckpt, path)
@@ -311,6 +326,7 @@ def evaluate_checkpoint(args) -> dict:
     table, logits, y, unreadable = readable_rows(table, pred)
     cal = {**calibrate(ckpt, logits, y, args.metadata is None, args.min_sensitivity), "tta": args.tta}
     if args.metadata is None:
+        cal["quality_gate"] = training_quality_gate(ckpt, ckpt_path, args.workers)
         save_calibration(ckpt, ckpt_path, cal)  # what prediction, serving and export read
     report = build_report(args, ckpt, table, description, logits, y, cal, unreadable)
     if args.metadata:

@@ -58,7 +58,11 @@ def test_temperature_and_bias_recover_a_shift():
 
 
 def test_report_on_the_runs_validation_split(trained_run, tmp_path):
-    out_dir, best = trained_run
+    import shutil
+
+    out_dir = tmp_path / "run"  # a copy: the shared run stays uncalibrated and without a quality gate
+    shutil.copytree(trained_run[0], out_dir)
+    best = out_dir / trained_run[1].name
     history = json.loads((out_dir / "training_history.json").read_text())
     from src.inference.predictor import Predictor
 

@@ -18,7 +18,9 @@ from helpers import file_size_limit, run_script
 
 
 def test_cli_predictions_equal_evaluation_probabilities(trained_run, demo_dir, tmp_path):
-    out_dir, best = trained_run
+    out_dir = tmp_path / "run"  # a copy: the shared run stays uncalibrated and without a quality gate
+    shutil.copytree(trained_run[0], out_dir)
+    best = out_dir / trained_run[1].name
     r = run_script("src/training/evaluate.py", "--checkpoint", best, "--bootstrap", 20, "--workers", 0)
     assert r.returncode == 0, r.stderr
     evaluated = pd.read_csv(out_dir / "eval" / "predictions.csv")

@@ -6,6 +6,7 @@ import shutil
 import time
 
 import httpx
+import numpy as np
 import pytest
 
 from helpers import gradient_image, run_script, start_service, stop_service, write_jpeg
@@ -26,9 +27,18 @@ def served(trained_run, tmp_path_factory):
     best = run / trained_run[1].name
     r = run_script("src/training/evaluate.py", "--checkpoint", best, "--bootstrap", 50, "--workers", 0)
     assert r.returncode == 0, r.stderr
+    without_gate(best)  # the uploads here are smooth gradients, which the quality gate calls blurred
     proc, url = start_service(best)
     yield url, run
     stop_service(proc)
+
+
+def without_gate(checkpoint):
+    from src.core.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    ckpt.pop("quality_gate", None)
+    save_checkpoint(ckpt, checkpoint)
 
 
 def browser():
@@ -278,3 +288,47 @@ def test_failed_and_removed_uploads_leave_the_patient_and_the_page_fits_a_phone(
         assert driver.find_elements(By.CSS_SELECTOR, "#results section") == []
     finally:
         driver.quit()
+
+
+def test_an_image_the_gate_cannot_assess_gets_its_reason_and_never_a_risk(trained_run, demo_dir, tmp_path):
+    """With the quality gate evaluate.py fits: a blank upload is 'cannot assess: nearly uniform' on
+    its card and in the ranked list, in neither risk colour; a demo lesion still gets its risk."""
+    from selenium.webdriver.common.by import By
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run[0], run)
+    best = run / trained_run[1].name
+    r = run_script("src/training/evaluate.py", "--checkpoint", best, "--bootstrap", 20, "--workers", 0)
+    assert r.returncode == 0, r.stderr
+    blank = write_jpeg(tmp_path / "blank.jpg", np.full((300, 300, 3), 128, np.uint8))
+    lesion = tmp_path / "lesion.jpg"
+    shutil.copy(sorted(demo_dir.glob("*.jpg"))[0], lesion)
+    proc, url = start_service(best)
+    driver = browser()
+    try:
+        answer = httpx.post(url + "/predict", files={"file": blank.read_bytes()}, timeout=60).json()
+        assert answer["assessable"] is False and answer["reason"] == "nearly uniform"
+        driver.get(url + "/")
+        driver.find_element(By.ID, "files").send_keys(f"{blank}\n{lesion}")
+        sections = lambda: driver.find_elements(By.CSS_SELECTOR, "#results section")  # noqa: E731
+        wait_for(
+            lambda: (
+                len(sections()) == 2
+                and len(driver.find_elements(By.CSS_SELECTOR, "#results .status span")) >= 2
+            )
+        )
+        cards = {s.find_element(By.TAG_NAME, "strong").text: s for s in sections()}
+        refused = cards["blank.jpg"]
+        assert refused.find_element(By.CSS_SELECTOR, ".cannot").text == "cannot assess: nearly uniform"
+        assert not refused.find_elements(By.CSS_SELECTOR, ".risk, .positive, .negative")
+        assert "melanoma risk" in cards["lesion.jpg"].text
+        driver.find_element(By.ID, "triage").click()
+        items = wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#ranked li"))
+        blank_item = next(i for i in items if i.text.startswith("blank.jpg"))
+        assert (
+            blank_item.text == "blank.jpg: cannot assess: nearly uniform"
+            and blank_item.get_attribute("class") == "cannot"
+        )
+    finally:
+        driver.quit()
+        stop_service(proc)

@@ -27,7 +27,9 @@ from src.core.decision import answer
 from src.core.ensemble import read_ensemble
 from src.core.metrics import calibrated
 from src.core.runtime import Runtime
-from src.data.transforms import dihedral_views, load_input_bytes
+from src.data.images import check_header, decode_bytes
+from src.data.quality import check, measures
+from src.data.transforms import dihedral_views, load_input_bytes, preprocess
 
 ONNX_INPUT = "images"  # float32 (N, 3, S, S), RGB 0..255; normalisation is inside the graph
 
@@ -59,7 +61,19 @@ class Scorer:
 
     def member_logit_bytes(self, data: bytes, tta: bool = False, name: str = "upload") -> np.ndarray:
         """(K,) each model's logit for one encoded image (K = 1 for a single model)."""
-        return self.member_logits(load_input_bytes(data, self.img_size, name)[None], tta)[:, 0]
+        return self.score_bytes(data, tta, name)[0]
+
+    def score_bytes(
+        self, data: bytes, tta: bool = False, name: str = "upload"
+    ) -> tuple[np.ndarray, str | None]:
+        """(K,) logits of one encoded image and the quality gate's reason for it ("" when it is
+        assessable, None when the model has no gate), from one decode: the pixels the model sees."""
+        rgb = decode_bytes(data, self.img_size, name)
+        reason = None
+        if self.quality_gate:
+            width, height = check_header(data, name)
+            reason = check(self.quality_gate, measures(rgb, min(width, height)))
+        return self.member_logits(preprocess(rgb, self.img_size)[None], tta)[:, 0], reason
 
     def decision(self, logit: float) -> dict:
         """The image model's answer for one image: calibrated probability and the saved threshold."""

@@ -404,10 +404,10 @@ def predict(
     predictor = api.state.predictor
     try:
         with api.state.lock:
-            members = predictor.member_logit_bytes(data, tta=views)
+            members, reason = predictor.score_bytes(data, tta=views)
     except ImageDecodeError as e:
         raise decode_error(e) from None
-    result = score_patient([members], [meta])[0]
+    result = score_patient([members], [meta], [reason])[0]
     del result["ugly_duckling_rank"]  # one image: no other lesion of the patient to compare with
     return {**result, **about_the_model(predictor)}
 
@@ -441,17 +441,19 @@ def triage(
     names = [clipped(f.filename) if f.filename else f"file {i + 1}" for i, f in enumerate(files)]
     metas = parse_metadata_list(metadata, names)
     views = checked_views(tta)
-    predictor, logits = api.state.predictor, []
+    predictor, logits, reasons = api.state.predictor, [], []
     for file, name in zip(files, names, strict=True):
         try:
             data = read_image_upload(file)
             with api.state.lock:
-                logits.append(predictor.member_logit_bytes(data, tta=views))
+                members, reason = predictor.score_bytes(data, tta=views)
+            logits.append(members)
+            reasons.append(reason)
         except ImageDecodeError as e:
             raise HTTPException(decode_error(e).status_code, f"{name}: {decode_error(e).detail}") from None
         except HTTPException as e:  # which of the patient's files was refused
             raise HTTPException(e.status_code, f"{name}: {e.detail}") from None
-    lesions = score_patient(logits, metas)
+    lesions = score_patient(logits, metas, reasons)
     for i, (lesion, name) in enumerate(zip(lesions, names, strict=True)):
         lesion["file"], lesion["index"] = name, i  # index: its place in the request
     lesions.sort(key=lambda r: (-r["label"], -r["probability"]))
@@ -493,11 +495,13 @@ def parse_metadata_list(metadata: str | None, names: list[str]) -> list[dict]:
     return [parse_metadata(item, name) for item, name in zip(items, names, strict=True)]
 
 
-def score_patient(member_logits: list[np.ndarray], metas: list[dict]) -> list[dict]:
+def score_patient(member_logits: list[np.ndarray], metas: list[dict], reasons: list) -> list[dict]:
     """One answer per lesion of one patient (src/core/decision.py) from its models' logits: the
     context stage's when loaded (metadata and the patient's other lesions, fed the models' mean
     logit), else the image model's; with the image model's own probability beside it, the
-    ugly-duckling rank, and for an ensemble the spread of its models' logits as the uncertainty."""
+    ugly-duckling rank, for an ensemble the spread of its models' logits as the uncertainty, and
+    with a quality gate whether the image can be assessed (when not, the page shows the reason
+    instead of a risk)."""
     predictor, members = api.state.predictor, np.asarray(member_logits, dtype=np.float64)
     logits = members.mean(axis=1)
     image_p = predictor.probabilities(logits)
@@ -525,6 +529,7 @@ def score_patient(member_logits: list[np.ndarray], metas: list[dict]) -> list[di
             ),
             **({"context_note": note} if note else {}),
             **({"uncertainty": float(members[i].std())} if predictor.models > 1 else {}),
+            **({"assessable": not reasons[i], "reason": reasons[i]} if reasons[i] is not None else {}),
         }
         for i in range(len(logits))
     ]

@@ -12,6 +12,7 @@ import torch
 from src.core.checkpoint import load_model
 from src.core.metrics import roc_auc
 from src.data.transforms import load_input
+from src.inference import predict as P
 from src.inference.predictor import Predictor
 
 from helpers import file_size_limit, run_script
@@ -36,18 +37,8 @@ def test_cli_predictions_equal_evaluation_probabilities(trained_run, demo_dir, t
     )
     assert r.returncode == 0, r.stderr
     predicted = pd.read_csv(tmp_path / "p.csv")
-    columns = [
-        "image_name",
-        "target",
-        "uncertainty",
-        "assessable",
-        "reason",
-        "label",
-        "decision",
-        "threshold",
-    ]
-    columns += ["stage", "error"]
-    assert list(predicted.columns) == columns and len(predicted) == 80
+    assert list(predicted.columns) == P.ANSWER_COLUMNS and len(predicted) == 80
+    assert P.ANSWER_COLUMNS[:2] == ["image_name", "target"]  # the ISIC submission's two first
     assert predicted["uncertainty"].isna().all()  # one model: no spread to report
     both = evaluated.merge(predicted, on="image_name")
     assert len(both) == len(evaluated) > 0

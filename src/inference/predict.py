@@ -46,6 +46,10 @@ from src.errors import command
 from src.inference.archive import PART_ROWS, Parts, batches_by_part, inputs_digest, score_parts
 from src.inference.predictor import Scorer, load_scorer
 
+# One row of predictions.csv (the image model's answer; --context adds its own columns).
+ANSWER_COLUMNS = ["image_name", "target", "uncertainty", "assessable", "reason", "label", "decision"]
+ANSWER_COLUMNS += ["threshold", "stage", "error"]
+
 
 def list_inputs(source: str, images: str | None) -> pd.DataFrame:
     """(image_name, path) rows for an image, a folder, an HDF5 file or a metadata CSV (then with its
@@ -145,17 +149,7 @@ def results_table(
     out["reason"] = np.where(gated, reasons, "")
     out["logit"] = np.where(scored, logits, np.nan)
     out = with_decisions(out, predictor.threshold, "image")
-    columns = [
-        "image_name",
-        "target",
-        "uncertainty",
-        "assessable",
-        "reason",
-        "label",
-        "decision",
-        "threshold",
-    ]
-    return out[[*columns, "stage", "error", "logit"]]
+    return out[[*ANSWER_COLUMNS, "logit"]]
 
 
 def with_decisions(out: pd.DataFrame, threshold: float, stage: str) -> pd.DataFrame:

@@ -53,6 +53,26 @@ class Scorer:
     temperature: float
     bias: float
 
+    def info(self) -> dict:
+        return {
+            "model_file": self.path.name + ("/" if self.path.is_dir() else ""),
+            "version": self.version,
+            "kind": self.kind,
+            "architecture": self.arch,
+            "image_size": self.img_size,
+            "threshold": self.threshold,
+            "temperature": self.temperature,
+            "logit_bias": self.bias,
+            "calibrated_on": self.calibrated_on,
+            "calibrated_at": self.calibrated_at,
+            "threshold_rule": self.threshold_rule,
+            "calibration_tta": self.views(None),  # the views the threshold was fitted on
+            "training_data": self.training_data,
+            "synthetic_training_data": self.synthetic,
+            "epoch": self.epoch,
+            "training_metrics": {k: v for k, v in self.metrics.items() if k.startswith("val_")},
+        }
+
     def probabilities(self, logits) -> np.ndarray:
         return calibrated(logits, self.temperature, self.bias)
 
@@ -163,26 +183,6 @@ class Predictor(Scorer):
         self.epoch = s.get("epoch")
         self.quality_gate = s.get("quality_gate")  # checked by check_settings; None: not fitted yet
 
-    def info(self) -> dict:
-        return {
-            "model_file": self.path.name,
-            "version": self.version,
-            "kind": self.kind,
-            "architecture": self.arch,
-            "image_size": self.img_size,
-            "threshold": self.threshold,
-            "temperature": self.temperature,
-            "logit_bias": self.bias,
-            "calibrated_on": self.calibrated_on,
-            "calibrated_at": self.calibrated_at,
-            "threshold_rule": self.threshold_rule,
-            "calibration_tta": self.views(None),  # the views the threshold was fitted on
-            "training_data": self.training_data,
-            "synthetic_training_data": self.synthetic,
-            "epoch": self.epoch,
-            "training_metrics": {k: v for k, v in self.metrics.items() if k.startswith("val_")},
-        }
-
     @torch.no_grad()
     def logits(self, images: torch.Tensor, tta: bool = False) -> np.ndarray:
         """(N, 3, S, S) uint8 images (torch or numpy) -> (N,) logits; tta: mean over 8 flips/transposes."""
@@ -238,6 +238,8 @@ class Ensemble(Scorer):
         self._calibration = {"calibration_tta": spec["calibration_tta"], "calibrated_on": self.calibrated_on}
         self.synthetic = any(m.synthetic for m in self.members)
         self.quality_gate = next((m.quality_gate for m in self.members if m.quality_gate), None)
+        self.calibrated_at, self.training_data = None, first.training_data
+        self.epoch, self.metrics = None, {}  # per member, under "members" in info()
         joined = hashlib.sha256(" ".join(m.version for m in self.members).encode()).hexdigest()[:12]
         self.version = f"{self.path.name}/ ({len(self.members)} models)@{joined}"
 
@@ -261,25 +263,7 @@ class Ensemble(Scorer):
         return calibration_tta(self._calibration, tta, self.path)
 
     def info(self) -> dict:
-        return {
-            "model_file": f"{self.path.name}/",
-            "version": self.version,
-            "kind": self.kind,
-            "members": [m.info() for m in self.members],
-            "architecture": self.arch,
-            "image_size": self.img_size,
-            "threshold": self.threshold,
-            "temperature": self.temperature,
-            "logit_bias": self.bias,
-            "calibrated_on": self.calibrated_on,
-            "threshold_rule": self.threshold_rule,
-            "calibration_tta": self.views(None),
-            "training_data": self.members[0].training_data,
-            "synthetic_training_data": self.synthetic,
-            "calibrated_at": None,
-            "epoch": None,
-            "training_metrics": {},  # per member, under "members"
-        }
+        return {**super().info(), "members": [m.info() for m in self.members]}
 
 
 def load_scorer(path: str | Path, threads: int | None = None, local_rank: int = 0) -> Scorer:

@@ -141,8 +141,9 @@ def check_settings(s: dict, source) -> None:
         problems.append(f"temperature {s['temperature']!r} is not a positive number")
     if "logit_bias" in s and not finite_number(s["logit_bias"]):
         problems.append(f"logit_bias {s['logit_bias']!r} is not a number")
-    if s.get("quality_gate") is not None and gate_problem(s["quality_gate"]):
-        problems.append(gate_problem(s["quality_gate"]))
+    gate = gate_problem(s["quality_gate"]) if s.get("quality_gate") is not None else ""
+    if gate:
+        problems.append(gate)
     if problems:
         raise CheckpointError(f"{source} has invalid settings: {'; '.join(problems)}")
 

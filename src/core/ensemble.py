@@ -28,15 +28,14 @@ def write_ensemble(
     out: Path, members: list[Path], logits: np.ndarray, targets: np.ndarray, tta: bool
 ) -> dict:
     """OUT/ensemble.json for these member checkpoints, calibrated on their out-of-fold logits."""
-    temperature, bias = M.fit_temperature(logits, targets)
-    p = M.calibrated(logits, temperature, bias)
+    temperature, bias, threshold = M.fit_operating_point(logits, targets)
     spec = {
         "format": FORMAT,
         "members": [Path(m).resolve().relative_to(out.resolve()).as_posix() for m in members],
         "calibration_tta": bool(tta),
         "temperature": float(temperature),
         "logit_bias": float(bias),
-        "threshold": float(M.threshold_for_sensitivity(targets, p, M.MIN_SENSITIVITY)),
+        "threshold": float(threshold),
         "threshold_rule": f"highest threshold with out-of-fold sensitivity >= {M.MIN_SENSITIVITY}",
         "calibrated_on": f"out-of-fold logits of {len(targets):,} images ({len(members)} folds)",
     }

@@ -247,6 +247,15 @@ def calibrated(logits, temperature: float = 1.0, bias: float = 0.0):
     return sigmoid(np.asarray(logits, dtype=np.float64) / temperature + bias)
 
 
+def fit_operating_point(logits, y, min_sensitivity: float = MIN_SENSITIVITY) -> tuple[float, float, float]:
+    """(temperature, bias, threshold): the calibration of these held-out logits and the project's
+    threshold rule on the calibrated probabilities (the highest with sensitivity >= min_sensitivity).
+    Evaluation, the context stage and fold ensembles all fit theirs this way."""
+    temperature, bias = fit_temperature(logits, y)
+    threshold = threshold_for_sensitivity(y, calibrated(logits, temperature, bias), min_sensitivity)
+    return temperature, bias, threshold
+
+
 def finite_number(value) -> bool:
     """A real int or float (not a bool), neither NaN nor infinite: what a temperature, bias, threshold
     or any other number read from a checkpoint or a context model must be."""

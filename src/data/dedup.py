@@ -229,11 +229,11 @@ def candidates(queries: np.ndarray, base: np.ndarray, radius: float, within: boo
     return np.unique(pairs, axis=0).reshape(-1, 2)
 
 
-def best_similarity(a: np.ndarray, b: np.ndarray, pairs: np.ndarray, chunk: int = 65_536) -> np.ndarray:
+def best_similarity(a: np.ndarray, b: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     """The exact score of each pair (rows of a and b): the best cosine over the 8 orientations."""
     out = np.empty(len(pairs), np.float32)
-    for start in range(0, len(pairs), chunk):
-        i, j = pairs[start : start + chunk, 0], pairs[start : start + chunk, 1]
+    for start in range(0, len(pairs), CHUNK):
+        i, j = pairs[start : start + CHUNK, 0], pairs[start : start + CHUNK, 1]
         first, second = a[i], b[j]
         scores = [np.einsum("nd,nd->n", first, second[:, perm] * sign) for perm, sign in _orientations()]
         out[start : start + len(i)] = np.max(scores, axis=0)

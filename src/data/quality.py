@@ -28,18 +28,9 @@ from src.data.images import ImageDecodeError, check_header, decode_bytes, decodi
 
 WORK_SIDE = 256  # short side the measures are taken at
 GATE_QUANTILE = 0.005  # the training images' edge each threshold starts from (0.5% on the bad side)
-MEASURES = (
-    "short_side",
-    "sharpness",
-    "brightness",
-    "bright_share",
-    "dark_share",
-    "contrast",
-    "colourfulness",
-)
 # reason -> (measure, unusable side, factor on the training edge, floor), checked in this order.
-# The factors keep every threshold beyond the real images of docs/gate.md (none of them refused by
-# more than one rule) while blurred and over- or under-exposed copies of them are refused.
+# The factors were set by looking at docs/gate.md's sets (unseen real dermoscopy accepted, damaged
+# copies refused), so those figures are somewhat optimistic for other data.
 RULES = {
     "too small": ("short_side", "low", 0.5, 0.0),  # half the smallest training side: upscaled 2x
     "overexposed": ("bright_share", "high", 1.5, 0.05),  # at least 5% burnt-out pixels
@@ -79,12 +70,16 @@ def measures(rgb: np.ndarray, short_side: int | None = None) -> dict[str, float]
 
 
 def decode_measured(path, decode_side: int) -> tuple[np.ndarray, dict[str, float]]:
+    """(RGB image, its measures) of an image file or HDF5 member: see decode_measured_bytes."""
+    return decode_measured_bytes(read_image_bytes(path), decode_side, str(path))
+
+
+def decode_measured_bytes(data: bytes, decode_side: int, name: str) -> tuple[np.ndarray, dict[str, float]]:
     """(RGB image, its measures): decoded as the model's input is (short side decode_side, reduced
     JPEG decoding), measured with the original's short side, so that fitting and checking see the
     same pixels; ImageDecodeError when it cannot be read."""
-    data = read_image_bytes(path)
-    width, height = check_header(data, str(path))
-    rgb = decode_bytes(data, decode_side, str(path))
+    width, height = check_header(data, name)
+    rgb = decode_bytes(data, decode_side, name)
     return rgb, measures(rgb, min(width, height))
 
 

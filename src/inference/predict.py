@@ -96,16 +96,16 @@ def score_rows(
     predictor: Scorer,
     rows: pd.DataFrame,
     parts: Parts,
+    todo: list[int],
     batch_size: int,
     workers: int,
     tta: bool,
     rank=0,
     world=1,
 ) -> None:
-    """Score this process's unfinished parts of `rows` (every world-th part), saving each part as it
-    is done; a row without a score gets its error (file not found, not an image...)."""
+    """Score the parts `todo` of `rows` (this process's unfinished ones), saving each part as it is
+    done; a row without a score gets its error (file not found, not an image...)."""
     present = rows["path"].notna().to_numpy()
-    todo = parts.todo(rank, world)
     batches, counts = batches_by_part(parts, todo, present, batch_size)
     paths = rows["path"].where(present, "").tolist()
     gate = predictor.quality_gate
@@ -277,8 +277,13 @@ def predict(args, rank: int, world: int, local_rank: int) -> int:
     rows = list_inputs(args.input, args.images)
     context = ContextModel.load(args.context) if args.context else None
     parts = open_parts(args, predictor, rows, tta, rank)
+    todo = parts.todo(rank, world)  # every world-th part, less those a former run finished
+    done = len(range(rank, parts.count, world)) - len(todo)
+    if done:
+        share = f" (process {rank} of {world})" if world > 1 else ""
+        print(f"resuming{share}: {done} of {done + len(todo)} parts already scored in {parts.folder}/")
     try:
-        score_rows(predictor, rows, parts, args.batch_size, args.workers, tta, rank, world)
+        score_rows(predictor, rows, parts, todo, args.batch_size, args.workers, tta, rank, world)
     except KeyboardInterrupt:
         print(
             f"\ninterrupted: finished parts are kept in {parts.folder}/; the same command resumes",
@@ -309,9 +314,6 @@ def open_parts(args, predictor: Scorer, rows: pd.DataFrame, tta: bool, rank: int
     dist.barrier()  # rank 0 made the folder
     if rank != 0:
         parts.open(rank)
-    done = parts.count - len(parts.todo(0, 1))
-    if done and rank == 0:
-        print(f"resuming: {done} of {parts.count} parts already scored in {parts.folder}/")
     return parts
 
 

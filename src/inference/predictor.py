@@ -27,9 +27,9 @@ from src.core.decision import answer
 from src.core.ensemble import read_ensemble
 from src.core.metrics import calibrated
 from src.core.runtime import Runtime
-from src.data.images import check_header, decode_bytes
-from src.data.quality import check, measures
-from src.data.transforms import dihedral_views, load_input_bytes, preprocess
+from src.data.images import decode_bytes
+from src.data.quality import check, decode_measured_bytes
+from src.data.transforms import dihedral_views, preprocess
 
 ONNX_INPUT = "images"  # float32 (N, 3, S, S), RGB 0..255; normalisation is inside the graph
 
@@ -44,7 +44,8 @@ def file_version(path: Path) -> str:
 
 class Scorer:
     """What every model behind predict.py and the service offers: calibrated probabilities and the
-    one answer per image at the saved threshold, from logits (subclasses give logits and views)."""
+    one answer per image at the saved threshold, from logits (subclasses give logits, member_logits
+    and the settings these methods read)."""
 
     img_size: int
     models = 1  # how many models' logits member_logits gives
@@ -73,11 +74,15 @@ class Scorer:
             "training_metrics": {k: v for k, v in self.metrics.items() if k.startswith("val_")},
         }
 
+    def views(self, tta: bool | None) -> bool:
+        """TTA or not: as the calibration was fitted (None), or refused when asked otherwise."""
+        return calibration_tta(self._calibration, tta, self.path)
+
     def probabilities(self, logits) -> np.ndarray:
         return calibrated(logits, self.temperature, self.bias)
 
     def logit_bytes(self, data: bytes, tta: bool = False, name: str = "upload") -> float:
-        return float(self.logits(load_input_bytes(data, self.img_size, name)[None], tta)[0])
+        return float(self.member_logit_bytes(data, tta, name).mean())
 
     def member_logit_bytes(self, data: bytes, tta: bool = False, name: str = "upload") -> np.ndarray:
         """(K,) each model's logit for one encoded image (K = 1 for a single model)."""
@@ -88,11 +93,11 @@ class Scorer:
     ) -> tuple[np.ndarray, str | None]:
         """(K,) logits of one encoded image and the quality gate's reason for it ("" when it is
         assessable, None when the model has no gate), from one decode: the pixels the model sees."""
-        rgb = decode_bytes(data, self.img_size, name)
-        reason = None
         if self.quality_gate:
-            width, height = check_header(data, name)
-            reason = check(self.quality_gate, measures(rgb, min(width, height)))
+            rgb, values = decode_measured_bytes(data, self.img_size, name)
+            reason = check(self.quality_gate, values)
+        else:
+            rgb, reason = decode_bytes(data, self.img_size, name), None
         return self.member_logits(preprocess(rgb, self.img_size)[None], tta)[:, 0], reason
 
     def decision(self, logit: float) -> dict:
@@ -203,10 +208,6 @@ class Predictor(Scorer):
         """(1, N): one model."""
         return self.logits(images, tta)[None]
 
-    def views(self, tta: bool | None) -> bool:
-        """TTA or not: as the calibration was fitted (None), or refused when asked otherwise."""
-        return calibration_tta(self._calibration, tta, self.path)
-
 
 def default_threads() -> int:
     return int(os.environ.get("THREADS", min(4, os.cpu_count() or 1)))
@@ -258,9 +259,6 @@ class Ensemble(Scorer):
 
     def logits(self, images: torch.Tensor, tta: bool = False) -> np.ndarray:
         return self.member_logits(images, tta).mean(axis=0)
-
-    def views(self, tta: bool | None) -> bool:
-        return calibration_tta(self._calibration, tta, self.path)
 
     def info(self) -> dict:
         return {**super().info(), "members": [m.info() for m in self.members]}

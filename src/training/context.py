@@ -89,9 +89,7 @@ def train_context(
     oof, boosters = fit_boosters(x, y, folds)
     model.boosters = [Forest.parse(b.model_to_string()) for b in boosters]  # scored as a loaded file is
     model.features = list(x.columns)
-    model.temperature, model.bias = M.fit_temperature(oof, y)
-    p = M.calibrated(oof, model.temperature, model.bias)
-    model.threshold = M.threshold_for_sensitivity(y, p, MIN_SENSITIVITY)
+    model.temperature, model.bias, model.threshold = M.fit_operating_point(oof, y)
     return model, oof
 
 
@@ -114,9 +112,8 @@ STAGES = {"image": "image only", "context": "context only (metadata + patient)",
 def score_summary(y, margins, groups, n_resamples: int, seed: int) -> dict:
     """The evaluation's headline figures for one score: AUC and pAUC with patient-bootstrap
     intervals, and sensitivity/specificity at a threshold fitted by the same rule as evaluate.py."""
-    temperature, bias = M.fit_temperature(margins, y)
+    temperature, bias, threshold = M.fit_operating_point(margins, y)
     p = M.calibrated(margins, temperature, bias)
-    threshold = M.threshold_for_sensitivity(y, p, MIN_SENSITIVITY)
     fns = {k: metric_fns()[k] for k in ("roc_auc", "pauc_tpr80", "average_precision")}
     op, ci_op = operating_metrics(y, p, threshold, groups, n_resamples, seed)
     return {

@@ -120,12 +120,11 @@ def subgroups(table: pd.DataFrame, y, p, groups, n, seed) -> list[dict]:
 def calibrate(ckpt: dict, logits, y, own_split: bool, min_sensitivity: float) -> dict:
     """Fit on the run's validation split; on any other set, reuse what the checkpoint holds."""
     if own_split:
-        temperature, bias = M.fit_temperature(logits, y)
-        p = M.calibrated(logits, temperature, bias)
+        temperature, bias, threshold = M.fit_operating_point(logits, y, min_sensitivity)
         return {
             "temperature": temperature,
             "bias": bias,
-            "threshold": M.threshold_for_sensitivity(y, p, min_sensitivity),
+            "threshold": threshold,
             "rule": f"highest threshold with sensitivity >= {min_sensitivity:.2f} on the validation split",
             "fitted_on": "fitted on this validation split",
         }

@@ -1,18 +1,19 @@
-"""The image-quality gate (src/data/quality.py) on real images: what it accepts and what it refuses.
+"""The gate (image quality and "unlike training images") on real images: what it accepts and refuses.
 
-    python benchmarks/gate.py                      # needs ../shared/isic-real (about a minute)
+    python benchmarks/gate.py --checkpoint CKPT    # needs ../shared/isic-real (a few minutes)
 
-Fits the gate on the ISIC 2017 training images (2,000, 256x256), then prints, per set, the share
-accepted or refused and the reasons:
+CKPT is a checkpoint that evaluate.py calibrated on its run's validation split (that fits both
+checks: src/data/quality.py and src/core/familiarity.py); docs/gate.md trains one on ISIC 2017. Every
+image goes through Scorer.score_bytes, the service's path (encoded bytes in, decoded once). Prints
+the share accepted or refused per set, with the reasons:
   - real dermoscopy it never saw: the ISIC 2017 test set (600), HAM10000 (300, 224x224), ISIC Archive
     originals (185, full size), all of which it should accept;
   - real lesions made unusable (the ISIC 2017 test set): Gaussian blur of 2% of the short side,
     over-exposure (x2.5, clipped), under-exposure (x0.2), which it should refuse;
-  - what a user might upload by mistake, as far as this machine has it offline: the photographs
-    shipped with scikit-learn and matplotlib, the project's own screenshots (docs/*.png), and
-    generated blank, noise, document, chart and greyscale images.
-The quality gate alone cannot refuse a sharp, well-exposed colour photograph of something else:
-that is the out-of-distribution half of issue 21, not built yet (docs/gate.md).
+  - what a user might upload by mistake, as far as this machine has it offline: the photographs and
+    pictures shipped with scikit-learn and matplotlib, an MRI slice (matplotlib's s1045.ima), the
+    project's own screenshots (docs/*.png), and generated blank, noise, document, chart and
+    greyscale images.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from src.data.images import decode_image
-from src.data.quality import check, fit_gate, measure_file, measures
+from src.inference.predictor import load_scorer
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "isic-real" / "images"
@@ -37,10 +39,25 @@ def everyday_files() -> list[Path]:
     import matplotlib
     import sklearn.datasets
 
+    samples = Path(matplotlib.__file__).parent / "mpl-data" / "sample_data"
     found = [Path(sklearn.datasets.__file__).parent / "images" / n for n in ("china.jpg", "flower.jpg")]
-    found.append(Path(matplotlib.__file__).parent / "mpl-data" / "sample_data" / "grace_hopper.jpg")
+    found += [samples / n for n in ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png", "logo2.png")]
     found += sorted((ROOT / "docs").glob("*.png"))
     return [p for p in found if p.is_file()]
+
+
+def mri_slice() -> list[np.ndarray]:
+    """matplotlib's sample MRI slice (256x256, 16-bit little-endian), as an 8-bit image."""
+    import gzip
+
+    import matplotlib
+
+    path = Path(matplotlib.__file__).parent / "mpl-data" / "sample_data" / "s1045.ima.gz"
+    if not path.is_file():
+        return []
+    raw = np.frombuffer(gzip.open(path).read(), "<u2").reshape(256, 256).astype(np.float32)
+    grey = (255 * raw / raw.max()).astype(np.uint8)
+    return [np.repeat(grey[..., None], 3, axis=2)]
 
 
 def generated(seed: int = 0) -> dict[str, list[np.ndarray]]:
@@ -95,42 +112,48 @@ def line(name: str, reasons: list[str], want: str) -> str:
     return f"| {name} | {len(reasons)} | {want} | {share:.1%} | {counts or '-'} |"
 
 
+def png(rgb: np.ndarray) -> bytes:
+    return cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes()
+
+
 def main(argv=None) -> int:
-    argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    ).parse_args(argv)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True, help="a checkpoint evaluate.py calibrated")
+    args = ap.parse_args(argv)
     if not SHARED.is_dir():
         print(f"needs the shared real images in {SHARED}", file=sys.stderr)
+        return 1
+    scorer = load_scorer(args.checkpoint)
+    if not scorer.checks():
+        print(f"{args.checkpoint} has no checks: run evaluate.py on it first", file=sys.stderr)
         return 1
     labels = pd.read_csv(SHARED / "labels.csv")
 
     def files(rows) -> list[Path]:
         return [SHARED / p for p in labels.loc[rows, "relpath"]]
 
-    isic2017 = labels["dataset"].eq("ISIC2017")
-    split = {s: files(isic2017 & labels["split"].eq(s)) for s in ("train", "test")}
-    gate = fit_gate([measure_file(p) for p in split["train"]])
-    for reason, rule in gate.items():
-        print(
-            f"  {reason}: {rule['measure']} {'<' if rule['side'] == 'low' else '>'} {rule['threshold']:.4g}"
-        )
+    def reasons(items) -> list[str]:
+        found = []
+        for item in tqdm(items, leave=False):
+            data = item.read_bytes() if isinstance(item, Path) else png(item)
+            found.append(scorer.score_bytes(data, scorer.views(None), str(item)[:40])[1] or "")
+        return found
+
+    test = files(labels["dataset"].eq("ISIC2017") & labels["split"].eq("test"))
     rows = ["| set | images | should | share as it should | reasons |", "|---|---|---|---|---|"]
     real = {
-        "ISIC 2017 test": split["test"],
+        "ISIC 2017 test": test,
         "HAM10000 (224 px)": files(labels["dataset"].eq("HAM10000")),
         "ISIC Archive originals": files(labels["dataset"].eq("ISIC_Archive_UDA1")),
     }
-    for name, paths in real.items():
-        rows.append(line(name, [check(gate, measure_file(p)) for p in paths], "accept"))
-    for name, images in damaged(split["test"]).items():
-        rows.append(line(f"ISIC 2017 test, {name}", [check(gate, measures(im)) for im in images], "refuse"))
-    rows.append(
-        line(
-            "photographs and screenshots", [check(gate, measure_file(p)) for p in everyday_files()], "refuse"
-        )
-    )
-    for name, images in generated().items():
-        rows.append(line(f"generated {name}", [check(gate, measures(im)) for im in images], "refuse"))
+    rows += [line(name, reasons(paths), "accept") for name, paths in real.items()]
+    rows += [line(f"ISIC 2017 test, {n}", reasons(ims), "refuse") for n, ims in damaged(test).items()]
+    mistakes = {"photographs, pictures and screenshots": everyday_files(), "MRI slice": mri_slice()}
+    mistakes.update({f"generated {name}": images for name, images in generated().items()})
+    found = {name: reasons(items) for name, items in mistakes.items()}
+    rows += [line(name, r, "refuse") for name, r in found.items()]
+    rows.append(line("all non-dermoscopy", sum(found.values(), []), "refuse"))
+    print(f"{scorer.version}: checks {', '.join(scorer.checks())}")
     print("\n".join(rows))
     return 0
 

@@ -85,7 +85,7 @@ def test_an_interrupted_prediction_resumes_and_writes_what_one_run_writes(
     assert "resuming: 2 of 7 parts already scored" in r.stdout  # 80 images, 12 a part
     assert resumed.read_bytes() == whole.read_bytes()
     table = pd.read_csv(resumed)
-    assert len(table) == 80 and table["target"].between(0, 1).all()
+    assert len(table) == 80 and table["probability"].between(0, 1).all()
     r = run_script(*predict_args(best, demo_dir / "metadata.csv", tmp_path / "whole.csv"))
     assert r.returncode == 0, r.stderr  # another input under the same name: a new prediction
 

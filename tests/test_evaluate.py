@@ -81,7 +81,9 @@ def test_report_on_the_runs_validation_split(trained_run, tmp_path):
         "Reliability diagram",
         "Score histograms",
         "Training curves",
+        "Risk-coverage",
     }
+    check_abstention(report, load_checkpoint(best), (out_dir / "eval" / "report.md").read_text())
     for name in report["plots"].values():
         image = cv2.imread(str(out_dir / "eval" / name))
         assert image is not None and image.shape[0] > 300 and image.std() > 10
@@ -91,6 +93,24 @@ def test_report_on_the_runs_validation_split(trained_run, tmp_path):
     assert ckpt["calibrated_on"] == "the run's validation split" and ckpt["temperature"] > 0
     assert report["operating_point"]["sensitivity"] >= 0.9
     assert "all_benign_accuracy" in report and "Accuracy" in (out_dir / "eval" / "report.md").read_text()
+
+
+def check_abstention(report: dict, ckpt: dict, markdown: str) -> None:
+    """The checks fitted on the run (quality on training images, familiarity threshold on about
+    1.5% of validation) and the risk-coverage table: nothing referred first, the saved rule's row,
+    and fewer images kept as the referred share grows."""
+    a, n = report["abstention"], report["set"]["images"]
+    assert a["checks"] == ["image quality", "unlike training images"]
+    assert ckpt["quality_gate"] and ckpt["familiarity"]["validation_images"] == n
+    assert 0 < a["unlike_training_share"] <= 0.015 + 1 / n  # the threshold's quantile of this split
+    rows = a["risk_coverage"]
+    assert rows[0]["referred"] == "0%" and rows[0]["images"] == n
+    assert rows[0]["sensitivity"] == pytest.approx(report["operating_point"]["sensitivity"])
+    assert rows[0]["roc_auc"] == pytest.approx(report["metrics"]["roc_auc"])
+    assert [r["images"] for r in rows] == sorted((r["images"] for r in rows), reverse=True)
+    at_rule = next(r for r in rows if r["referred"] == "saved rule")
+    assert at_rule["images"] == n - sum(a["not_assessable"].values())
+    assert "Risk-coverage" in markdown and "| saved rule" in markdown
 
 
 def test_external_set_uses_saved_threshold(trained_run, demo_dir, tmp_path):

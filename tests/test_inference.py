@@ -38,16 +38,18 @@ def test_cli_predictions_equal_evaluation_probabilities(trained_run, demo_dir, t
     assert r.returncode == 0, r.stderr
     predicted = pd.read_csv(tmp_path / "p.csv")
     assert list(predicted.columns) == P.ANSWER_COLUMNS and len(predicted) == 80
-    assert P.ANSWER_COLUMNS[:2] == ["image_name", "target"]  # the ISIC submission's two first
+    assert P.ANSWER_COLUMNS[:2] == ["image_name", "probability"]
     assert predicted["uncertainty"].isna().all()  # one model: no spread to report
     both = evaluated.merge(predicted, on="image_name")
     assert len(both) == len(evaluated) > 0
     # Same preprocessing and weights; float32 convolutions over other batch compositions differ in
     # the 6th or 7th digit (the demo validation images come 15 at once, here in batches of 32).
-    np.testing.assert_allclose(both["target_y"], both["probability"], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(both["probability_x"], both["probability_y"], rtol=0, atol=1e-5)
     threshold = load_model(best)[1]["threshold"]
-    assert (both["label"] == (both["target_y"] >= threshold).astype(int)).all()
-    assert (both["decision"] == np.where(both["label"] == 1, "above threshold", "below threshold")).all()
+    assert (both["label"] == (both["probability_y"] >= threshold).astype(int)).all()
+    side = np.where(both["label"] == 1, "above threshold", "below threshold")
+    assert (both["assessable_x"] == both["assessable_y"]).all()  # the same checks, the same pixels
+    assert (both["decision"] == np.where(both["assessable_y"], side, "refer")).all()
     assert (both["threshold"] == threshold).all() and (both["stage"] == "image").all()
 
 
@@ -66,7 +68,7 @@ def test_tta_follows_the_calibration_everywhere(trained_run, demo_dir, tmp_path)
     r = run_script("src/inference/predict.py", "--checkpoint", best, demo_dir, "--out", out, "--workers", 0)
     assert r.returncode == 0, r.stderr
     both = evaluated.merge(pd.read_csv(out), on="image_name")
-    np.testing.assert_allclose(both["target_y"], both["probability"], rtol=0, atol=1e-5)  # TTA was used
+    np.testing.assert_allclose(both["probability_x"], both["probability_y"], rtol=0, atol=1e-5)  # TTA
     refused = run_script("src/inference/predict.py", "--checkpoint", best, demo_dir, "--no-tta", "--out", out)
     assert (
         refused.returncode == 1 and refused.stderr.startswith("error: ") and "TTA-averaged" in refused.stderr
@@ -103,7 +105,7 @@ def test_cli_lists_unreadable_files_and_predicts_the_rest(trained_run, demo_dir,
     p = pd.read_csv(tmp_path / "p.csv", keep_default_na=False).set_index("image_name")
     assert p.loc["ISIC_zero", "error"] == "empty file (0 bytes)"
     assert p.loc["ISIC_text", "error"] == "not a readable image (JPEG or PNG expected)"
-    assert 0 <= float(p.loc["ISIC_9000001", "target"]) <= 1 and p.loc["ISIC_9000001", "error"] == ""
+    assert 0 <= float(p.loc["ISIC_9000001", "probability"]) <= 1 and p.loc["ISIC_9000001", "error"] == ""
     assert sorted(f.name for f in (tmp_path / "cams").iterdir()) == [
         "ISIC_9000001_gradcam.png",
         "ISIC_9000002_gradcam.png",
@@ -223,7 +225,7 @@ def test_onnx_export_parity_and_int8_on_any_x86_cpu(demo_run, exported, tmp_path
     rows = pd.read_csv(tmp_path / "int8.csv", keep_default_na=False, dtype={"image_name": str})
     assert rows["image_name"].tolist() == listed["image_name"].tolist() and (rows["error"] == "").all()
     expected = int8.probabilities(logits_int8[:100])
-    assert np.abs(rows["target"].to_numpy(dtype=float) - expected).max() <= 1e-6
+    assert np.abs(rows["probability"].to_numpy(dtype=float) - expected).max() <= 1e-6
 
 
 def test_an_export_onto_a_full_disk_says_so_and_leaves_nothing(trained_run, tmp_path):

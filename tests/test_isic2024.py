@@ -145,7 +145,7 @@ def test_prediction_with_the_context_stage_scores_each_patient_together(run2024,
     )
     assert r.returncode == 0, r.stderr
     pred = pd.read_csv(out).set_index("image_name")
-    decision = ["target", "label", "decision", "threshold", "stage"]
+    decision = ["probability", "decision", "label", "threshold", "stage"]
     extra = [
         "image_probability",
         "uncertainty",
@@ -159,7 +159,9 @@ def test_prediction_with_the_context_stage_scores_each_patient_together(run2024,
     assert (pred["stage"] == "context").all()  # the context stage's answer, at its own threshold
     assert pred.loc["ISIC_9999999", "error"] == "file not found"
     scored = pred.drop("ISIC_9999999")
-    assert len(scored) == 3 and scored["target"].between(0, 1).all() and (scored["patient_rank"] == 1).all()
+    assert (
+        len(scored) == 3 and scored["probability"].between(0, 1).all() and (scored["patient_rank"] == 1).all()
+    )
     assert scored["context_note"].str.contains("lesion of this patient scored together").all()  # 1 each
     folder = run_script(
         "src/inference/predict.py",

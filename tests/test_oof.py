@@ -88,9 +88,23 @@ def test_the_folder_of_oof_py_predicts_as_one_model_the_mean_of_its_folds(oof_ru
     p = pd.read_csv(tmp_path / "p.csv").set_index("image_name").loc[names]
     mean = each.mean(axis=0)
     expected = M.calibrated(mean, spec["temperature"], spec["logit_bias"])
-    np.testing.assert_allclose(p["target"], expected, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(p["probability"], expected, rtol=0, atol=1e-5)
     np.testing.assert_allclose(p["uncertainty"], each.std(axis=0), rtol=0, atol=1e-5)
     assert (p["threshold"] == spec["threshold"]).all() and p["uncertainty"].gt(0).all()
+    refer_where_the_folds_straddle_the_threshold(pd.read_csv(tmp_path / "p.csv"), spec)
+
+
+def refer_where_the_folds_straddle_the_threshold(p: pd.DataFrame, spec: dict) -> None:
+    """decision is refer exactly where mean +/- band * std of the fold logits (in calibrated units)
+    lies on both sides of the threshold, or the image cannot be assessed."""
+    logit = np.log(p["probability"] / (1 - p["probability"]))
+    t = np.log(spec["threshold"] / (1 - spec["threshold"]))
+    band = spec["refer_rule"]["band"] * p["uncertainty"] / spec["temperature"]
+    straddles = ((logit - band) < t) & (t < (logit + band)) | (p["assessable"].astype(str) == "False")
+    assert straddles.any() and (~straddles).any()  # both kinds occur on the demo set
+    assert ((p["decision"] == "refer") == straddles).all()
+    sides = np.where(p["probability"] >= spec["threshold"], "above threshold", "below threshold")
+    assert (p["decision"][~straddles] == sides[~straddles]).all()
 
 
 @pytest.mark.slow
@@ -125,7 +139,7 @@ def test_the_service_serves_the_folds_as_one_and_the_context_stage_gets_their_me
     ensemble = Ensemble(out)
     name = sorted(p.stem for p in demo_dir.glob("*.jpg"))[0]
     data = (demo_dir / f"{name}.jpg").read_bytes()
-    each = ensemble.member_logit_bytes(data)
+    each = ensemble.score_bytes(data)[0]
     proc, url = start_service(out)
     try:
         assert httpx.get(url + "/model").json()["kind"] == "ensemble"

@@ -27,17 +27,18 @@ def served(trained_run, tmp_path_factory):
     best = run / trained_run[1].name
     r = run_script("src/training/evaluate.py", "--checkpoint", best, "--bootstrap", 50, "--workers", 0)
     assert r.returncode == 0, r.stderr
-    without_gate(best)  # the uploads here are smooth gradients, which the quality gate calls blurred
+    without_checks(best)  # the uploads here are smooth gradients: blurred, and unlike training images
     proc, url = start_service(best)
     yield url, run
     stop_service(proc)
 
 
-def without_gate(checkpoint):
+def without_checks(checkpoint):
     from src.core.checkpoint import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
     ckpt.pop("quality_gate", None)
+    ckpt.pop("familiarity", None)
     save_checkpoint(ckpt, checkpoint)
 
 
@@ -291,8 +292,10 @@ def test_failed_and_removed_uploads_leave_the_patient_and_the_page_fits_a_phone(
 
 
 def test_an_image_the_gate_cannot_assess_gets_its_reason_and_never_a_risk(trained_run, demo_dir, tmp_path):
-    """With the quality gate evaluate.py fits: a blank upload is 'cannot assess: nearly uniform' on
-    its card and in the ranked list, in neither risk colour; a demo lesion still gets its risk."""
+    """With the checks evaluate.py fits: a blank upload is 'cannot assess: nearly uniform', random
+    colour blocks (sharp, exposed, colourful: the quality rules pass them) 'cannot assess: unlike
+    training images', on the card and in the ranked list, in neither risk colour; a demo lesion
+    gets its risk."""
     from selenium.webdriver.common.by import By
 
     run = tmp_path / "run"
@@ -301,6 +304,8 @@ def test_an_image_the_gate_cannot_assess_gets_its_reason_and_never_a_risk(traine
     r = run_script("src/training/evaluate.py", "--checkpoint", best, "--bootstrap", 20, "--workers", 0)
     assert r.returncode == 0, r.stderr
     blank = write_jpeg(tmp_path / "blank.jpg", np.full((300, 300, 3), 128, np.uint8))
+    blocks = np.random.default_rng(0).integers(0, 256, (6, 6, 3), np.uint8)  # coarse: survives a 32 px decode
+    noise = write_jpeg(tmp_path / "noise.jpg", np.kron(blocks, np.ones((50, 50, 1), np.uint8)))
     lesion = tmp_path / "lesion.jpg"
     shutil.copy(sorted(demo_dir.glob("*.jpg"))[0], lesion)
     proc, url = start_service(best)
@@ -308,19 +313,26 @@ def test_an_image_the_gate_cannot_assess_gets_its_reason_and_never_a_risk(traine
     try:
         answer = httpx.post(url + "/predict", files={"file": blank.read_bytes()}, timeout=60).json()
         assert answer["assessable"] is False and answer["reason"] == "nearly uniform"
+        assert answer["decision"] == "refer"  # the probability is kept, the decision is a person's
+        card = httpx.get(url + "/model").json()
+        assert "unlike training images (feature distance)" in card["checks"] and "refer" in card["refer_rule"]
         driver.get(url + "/")
-        driver.find_element(By.ID, "files").send_keys(f"{blank}\n{lesion}")
+        driver.find_element(By.ID, "files").send_keys(f"{blank}\n{noise}\n{lesion}")
         sections = lambda: driver.find_elements(By.CSS_SELECTOR, "#results section")  # noqa: E731
         wait_for(
             lambda: (
-                len(sections()) == 2
-                and len(driver.find_elements(By.CSS_SELECTOR, "#results .status span")) >= 2
+                len(sections()) == 3
+                and len(driver.find_elements(By.CSS_SELECTOR, "#results .status span")) >= 3
             )
         )
         cards = {s.find_element(By.TAG_NAME, "strong").text: s for s in sections()}
         refused = cards["blank.jpg"]
         assert refused.find_element(By.CSS_SELECTOR, ".cannot").text == "cannot assess: nearly uniform"
         assert not refused.find_elements(By.CSS_SELECTOR, ".risk, .positive, .negative")
+        assert cards["noise.jpg"].find_element(By.CSS_SELECTOR, ".cannot").text == (
+            "cannot assess: unlike training images"
+        )
+        assert not cards["noise.jpg"].find_elements(By.CSS_SELECTOR, ".risk, .positive, .negative")
         assert "melanoma risk" in cards["lesion.jpg"].text
         driver.find_element(By.ID, "triage").click()
         items = wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#ranked li"))

@@ -124,4 +124,4 @@ def test_evaluation_fits_the_gate_and_prediction_says_which_images_it_cannot_ass
     )
     assert p.loc["grey", "reason"] == "greyscale"
     assert (p.loc[["blank", "black", "grey"], "assessable"].astype(str).str.lower() == "false").all()
-    assert p["target"].astype(float).between(0, 1).all()  # still scored, clearly marked
+    assert p["probability"].astype(float).between(0, 1).all()  # still scored, clearly marked

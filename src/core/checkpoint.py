@@ -16,8 +16,10 @@ from pathlib import Path
 import torch
 import torchvision
 
+from src.core.decision import refer_rule_problem
+from src.core.familiarity import familiarity_problem
 from src.core.metrics import finite_number
-from src.core.model import ARCHITECTURES, IMG_SIZE_RANGE, MelanomaNet
+from src.core.model import ARCHITECTURES, FEATURE_SIZES, IMG_SIZE_RANGE, MelanomaNet
 from src.data.atomic import replace_atomically
 from src.data.quality import gate_problem
 from src.errors import ProjectError
@@ -141,9 +143,13 @@ def check_settings(s: dict, source) -> None:
         problems.append(f"temperature {s['temperature']!r} is not a positive number")
     if "logit_bias" in s and not finite_number(s["logit_bias"]):
         problems.append(f"logit_bias {s['logit_bias']!r} is not a number")
-    gate = gate_problem(s["quality_gate"]) if s.get("quality_gate") is not None else ""
-    if gate:
-        problems.append(gate)
+    if s.get("quality_gate") is not None:
+        problems.append(gate_problem(s["quality_gate"]))
+    if s.get("familiarity") is not None:
+        problems.append(familiarity_problem(s["familiarity"], FEATURE_SIZES.get(s.get("arch"))))
+    if s.get("refer_rule") is not None:
+        problems.append(refer_rule_problem(s["refer_rule"]))
+    problems = [p for p in problems if p]
     if problems:
         raise CheckpointError(f"{source} has invalid settings: {'; '.join(problems)}")
 

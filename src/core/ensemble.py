@@ -16,6 +16,7 @@ import numpy as np
 
 from src.core import metrics as M
 from src.core.checkpoint import CheckpointError
+from src.core.decision import refer_rule, refer_rule_problem
 from src.data.atomic import atomic_write_json, read_regular_file
 
 FORMAT = "melanoma-fold-ensemble/1"
@@ -38,6 +39,7 @@ def write_ensemble(
         "threshold": float(threshold),
         "threshold_rule": f"highest threshold with out-of-fold sensitivity >= {M.MIN_SENSITIVITY}",
         "calibrated_on": f"out-of-fold logits of {len(targets):,} images ({len(members)} folds)",
+        "refer_rule": refer_rule(),
     }
     atomic_write_json(out / FILE, spec)
     return spec
@@ -69,6 +71,8 @@ def read_ensemble(folder: str | Path) -> dict:
         raise CheckpointError(f"{path}: temperature (> 0), logit_bias and threshold must be finite numbers")
     if not 0 <= spec["threshold"] <= 1 or not isinstance(spec.get("calibration_tta"), bool):
         raise CheckpointError(f"{path}: threshold must be in 0..1 and calibration_tta true or false")
+    if "refer_rule" in spec and refer_rule_problem(spec["refer_rule"]):
+        raise CheckpointError(f"{path}: {refer_rule_problem(spec['refer_rule'])}")
     return spec
 
 

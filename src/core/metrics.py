@@ -277,3 +277,37 @@ def metric_fns() -> dict:
         fns[f"spec_at_sens_{k}"] = lambda y, p, k=k: specificity_at_sensitivity(y, p, k / 100)
     fns.update({"brier": brier_score, "ece": expected_calibration_error})
     return fns
+
+
+REFERRED_SHARES = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)  # rows of the risk-coverage table
+
+
+def risk_coverage(
+    y, p, threshold: float, order, shares=REFERRED_SHARES, at_rule: int | None = None
+) -> list[dict]:
+    """What is left when the first images of `order` (the referral order) are referred: for each
+    referred share, the images kept, their melanomas, and sensitivity, specificity and ROC AUC on
+    them at the threshold. at_rule: how many images the saved rule refers (one more row)."""
+    y, p = _as_arrays(y, p)
+    order = np.asarray(order)
+    counts = {}
+    for share in shares:  # on a small set two shares can round to one count: the first names it
+        counts.setdefault(round(share * len(y)), f"{share:.0%}")
+    steps = sorted(counts.items()) + ([(at_rule, "saved rule")] if at_rule is not None else [])
+    rows = []
+    for referred, label in sorted(steps, key=lambda step: step[0]):  # stable: the rule after its share
+        kept = np.ones(len(y), bool)
+        kept[order[:referred]] = False
+        op = at_threshold(y[kept], p[kept], threshold)
+        rows.append(
+            {
+                "referred": label,
+                "referred_share": referred / max(len(y), 1),
+                "images": int(kept.sum()),
+                "melanoma": int(y[kept].sum()),
+                "sensitivity": op["sensitivity"],
+                "specificity": op["specificity"],
+                "roc_auc": roc_auc(y[kept], p[kept]) if has_both_classes(y[kept]) else math.nan,
+            }
+        )
+    return rows

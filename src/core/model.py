@@ -19,6 +19,7 @@ from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from src.errors import ProjectError
 
 ARCHITECTURES = ("resnet18", "resnet34", "resnet50", "resnet101")
+FEATURE_SIZES = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}  # the head's input
 IMG_SIZE_RANGE = (32, 2048)  # ResNets downsample 32x; above 2048 px a batch no longer fits any GPU
 
 
@@ -38,8 +39,16 @@ class MelanomaNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) images in 0..255 -> (N,) melanoma logits."""
+        return self.logits_and_features(x)[0]
+
+    def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N,) logits and (N, D) pooled features, the head's input (src/core/familiarity.py)."""
+        b = self.backbone
         x = (x.float() - self.mean) / self.std
-        return self.backbone(x).squeeze(1)
+        x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
+        x = b.layer4(b.layer3(b.layer2(b.layer1(x))))
+        features = torch.flatten(b.avgpool(x), 1)
+        return b.fc(features).squeeze(1), features
 
     def head_parameters(self):
         return list(self.backbone.fc.parameters())

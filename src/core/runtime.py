@@ -92,35 +92,41 @@ class Runtime:
 
 
 @torch.no_grad()
-def predict(model, loader, rt: Runtime, tta: bool = False, desc: str = "val") -> dict:
-    """Logits for every sample of `loader` (gathered across DDP ranks), with targets, indices, ok flags."""
+def predict(model, loader, rt: Runtime, tta: bool = False, desc: str = "val", features: bool = False) -> dict:
+    """Logits for every sample of `loader` (gathered across DDP ranks), with targets, indices, ok
+    flags, the quality gate's rule codes when the dataset has a gate ("rules"), and with `features`
+    the pooled features of the unflipped view (src/core/familiarity.py)."""
     model.eval()
-    out = {"logits": [], "targets": [], "index": [], "ok": []}
-    for images, targets, index, ok in tqdm(
-        loader, desc=desc, unit="batch", disable=rt.rank != 0, leave=False, dynamic_ncols=True
-    ):
-        x = rt.to_device(images)
+    out = {"logits": [], "targets": [], "index": [], "ok": [], "rules": [], "features": []}
+    for batch in tqdm(loader, desc=desc, unit="batch", disable=rt.rank != 0, leave=False, dynamic_ncols=True):
+        x = rt.to_device(batch[0])
         views = dihedral_views(x) if tta else [x]
         with rt.autocast():
-            logits = torch.stack([model(v).float() for v in views]).mean(0)
+            first, pooled = model.logits_and_features(views[0]) if features else (model(views[0]), None)
+            logits = torch.stack([first.float()] + [model(v).float() for v in views[1:]]).mean(0)
         out["logits"].append(logits.cpu())
-        out["targets"].append(targets)
-        out["index"].append(index)
-        out["ok"].append(ok)
-    local = {k: torch.cat(v).numpy() if v else np.zeros(0) for k, v in out.items()}
+        for key, value in zip(("targets", "index", "ok", "rules"), batch[1:], strict=False):
+            out[key].append(value)
+        if features:
+            out["features"].append(pooled.float().cpu())
+    local = {k: torch.cat(v).numpy() for k, v in out.items() if v}
+    local = {k: local.get(k, np.zeros(0)) for k in ("logits", "targets", "index", "ok")} | local
     merged = dist.gather_arrays(local)
     order = np.argsort(merged["index"], kind="stable")
     return {k: v[order] for k, v in merged.items()}
 
 
-def logits_for_table(model, ckpt: dict, table: pd.DataFrame, batch_size: int, workers, tta: bool) -> dict:
-    """Logits for every image of `table` (its path and target columns), computed as the run did."""
+def logits_for_table(
+    model, ckpt: dict, table: pd.DataFrame, batch_size: int, workers, tta: bool, gate=None, features=False
+) -> dict:
+    """Logits for every image of `table` (its path and target columns), computed as the run did;
+    with a quality `gate`, its rule codes; with `features`, the pooled features."""
     rt, img_size = Runtime.for_inference(ckpt), ckpt["img_size"]
     model = model.to(rt.device)
     loader = make_loader(
-        ImageDataset(table["path"], table["target"], img_size),
+        ImageDataset(table["path"], table["target"], img_size, gate),
         batch_size,
         workers=default_workers(workers),
         pin_memory=rt.device.type == "cuda",
     )
-    return predict(model, loader, rt, tta=tta, desc="evaluate")
+    return predict(model, loader, rt, tta=tta, desc="evaluate", features=features)

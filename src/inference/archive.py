@@ -147,18 +147,17 @@ def batches_by_part(
 def score_parts(
     batches: Iterator, parts: Parts, todo: list[int], counts: list[int], models: int, on_part: Callable
 ) -> None:
-    """Consume (row positions, (K, batch) logits, good, quality rule codes or None) batches in order;
-    on_part(k, logits, ok, rules) as each part ends (a part without a readable image gets K rows of
-    NaN; rules are -1 where no gate measured)."""
+    """Consume (row positions, (K, batch) logits, good, reasons) batches in order; on_part(k, logits,
+    ok, reasons) as each part ends (a part without a readable image gets K rows of NaN; reasons are
+    "" where nothing was found or measured)."""
     for k, count in zip(todo, counts, strict=True):
         rows = parts.rows_of(k)
-        logits, ok, rules = None, np.zeros(len(rows), bool), np.full(len(rows), -1)
+        logits, ok, reasons = None, np.zeros(len(rows), bool), np.full(len(rows), "", dtype=object)
         for _ in range(count):
-            index, batch_logits, good, batch_rules = next(batches)  # batch_logits: (K models, batch)
+            index, batch_logits, good, batch_reasons = next(batches)  # batch_logits: (K models, batch)
             if logits is None:
                 logits = np.full((len(batch_logits), len(rows)), np.nan)
             logits[:, index - rows[0]], ok[index - rows[0]] = batch_logits, good
-            if batch_rules is not None:
-                rules[index - rows[0]] = batch_rules
+            reasons[index - rows[0]] = batch_reasons
         logits = np.full((models, len(rows)), np.nan) if logits is None else logits
-        on_part(k, np.where(ok, logits, np.nan), ok, rules)
+        on_part(k, np.where(ok, logits, np.nan), ok, reasons)

@@ -56,6 +56,7 @@ SETTING_KEYS = (
     "calibrated_at",
     "calibration_tta",
     "quality_gate",
+    "refer_rule",
     "epoch",
     "metrics",
 )

@@ -7,17 +7,20 @@
 CKPT is a training checkpoint (.pth) or an export (.onnx, also int8). INPUT is one image, a folder
 of images (or one level down), an ISIC 2024 image HDF5 file, or a metadata CSV in any supported
 format (labels optional; images from --images, default the CSV's folder). Writes one answer per
-image: image_name, target (the calibrated melanoma probability), label (1 = at or above the
-threshold), decision ("above threshold" or "below threshold"), threshold, stage (which model gave
-the answer) and error. Unreadable files, and images the metadata lists but the folder or HDF5 file
-lacks, are listed with their error; the rest are still predicted. TTA follows the calibration.
+image: image_name, probability (calibrated, of melanoma), uncertainty (for a fold ensemble: the
+spread of its models' logits), assessable and reason (the model's checks: image quality, unlike
+its training images), decision ("below threshold", "above threshold" or "refer": not assessable, or
+the fold models straddle the threshold), label (1 = at or above the threshold), threshold, stage
+(which model gave the answer) and error. Unreadable files, and images the metadata lists but the
+folder or HDF5 file lacks, are listed with their error; the rest are still predicted. TTA follows
+the calibration.
 
 Scores are kept in OUT.parts/ as they are made and the folder is removed when OUT is written: an
 interrupted run resumes when run again, and under torchrun each process scores a share of the
 parts (src/inference/archive.py; docs/deployment.md).
 
 --context applies the context stage (src/training/context.py) to a metadata CSV: all lesions of a
-patient are scored together, and the answer is the context stage's (target, label and decision at
+patient are scored together, and the answer is the context stage's (probability, decision and label at
 its own threshold); image_probability (the image model alone, secondary) and patient_rank (1 = the
 lesion that stands out most among the patient's) are added. --submission writes only the
 competition's two columns (isic_id,target for ISIC 2024 and Archive ids, else image_name,target).
@@ -35,7 +38,8 @@ from tqdm import tqdm
 
 from src.core import distributed as dist
 from src.core.context_model import ContextModel, few_lesions_note
-from src.core.decision import ABOVE, decision
+from src.core.decision import decisions
+from src.core.familiarity import reasons_with_familiarity
 from src.data.atomic import atomic_write_bytes, atomic_write_text, replace_atomically
 from src.data.images import HDF5_EXTENSIONS, IMAGE_EXTENSIONS, ImageDecodeError, decode_image, index_images
 from src.data.labels import DataError
@@ -47,7 +51,7 @@ from src.inference.archive import PART_ROWS, Parts, batches_by_part, inputs_dige
 from src.inference.predictor import Scorer, load_scorer
 
 # One row of predictions.csv (the image model's answer; --context adds its own columns).
-ANSWER_COLUMNS = ["image_name", "target", "uncertainty", "assessable", "reason", "label", "decision"]
+ANSWER_COLUMNS = ["image_name", "probability", "uncertainty", "assessable", "reason", "decision", "label"]
 ANSWER_COLUMNS += ["threshold", "stage", "error"]
 
 
@@ -117,18 +121,19 @@ def score_rows(
         batch_sampler=batches,
     )
     bar = tqdm(loader, total=len(batches), desc=f"predict{f' {rank}' if world > 1 else ''}", unit="batch")
-    scored = (
-        (b[2].numpy(), predictor.member_logits(b[0], tta), b[3].numpy(), b[4].numpy() if gate else None)
-        for b in bar
-    )
-    reasons = ["", *gate] if gate else [""]  # rule code + 1 -> its name; -1 and 0: none
+    names = np.array(["", *gate] if gate else [""], dtype=object)  # rule code + 1 -> its name
 
-    def save(k: int, logits: np.ndarray, ok: np.ndarray, rules: np.ndarray) -> None:
+    def batch_scores(b) -> tuple:
+        logits, far = predictor.member_scores(b[0], tta)
+        rules = names[np.maximum(b[4].numpy(), 0)] if gate else np.full(len(b[0]), "", dtype=object)
+        return b[2].numpy(), logits, b[3].numpy(), reasons_with_familiarity(rules, far)
+
+    def save(k: int, logits: np.ndarray, ok: np.ndarray, reasons: np.ndarray) -> None:
         where = rows["path"].iloc[parts.rows_of(k)]
         errors = ["" if good else error_for(p) for p, good in zip(where, ok, strict=True)]
-        parts.write(k, logits, errors, [reasons[r] if r > 0 else "" for r in rules])
+        parts.write(k, logits, errors, list(reasons))
 
-    score_parts(iter(scored), parts, todo, counts, predictor.models, save)
+    score_parts(map(batch_scores, bar), parts, todo, counts, predictor.models, save)
 
 
 def results_table(
@@ -136,29 +141,31 @@ def results_table(
 ) -> pd.DataFrame:
     """One answer per image from its models' logits ((K, N); NaN and an error where there are none):
     the mean logit's calibrated probability, the spread of the K logits (their standard deviation,
-    in logit units) as its uncertainty (empty for a single model), and whether the quality gate
-    found it assessable, with the reason when not (both empty when the model has no gate yet)."""
+    in logit units) as its uncertainty (empty for a single model), and whether the model's checks
+    found it assessable, with the reason when not (both empty when the model has no check yet)."""
     out = pd.DataFrame({"image_name": names.to_numpy(), "error": np.asarray(errors, object)})
     scored = out["error"].to_numpy() == ""
     logits = member_logits.mean(axis=0)
-    out["target"] = np.where(scored, predictor.probabilities(np.where(scored, logits, 0.0)), np.nan)
+    out["probability"] = np.where(scored, predictor.probabilities(np.where(scored, logits, 0.0)), np.nan)
     spread = member_logits.std(axis=0) if len(member_logits) > 1 else np.full(len(out), np.nan)
     out["uncertainty"] = np.where(scored, spread, np.nan)
-    gated = scored & (predictor.quality_gate is not None)
-    out["assessable"] = np.where(gated, np.where(np.asarray(reasons) == "", "true", "false"), "")
-    out["reason"] = np.where(gated, reasons, "")
+    checked = scored & bool(predictor.checks())
+    out["assessable"] = np.where(checked, np.where(np.asarray(reasons) == "", "true", "false"), "")
+    out["reason"] = np.where(checked, reasons, "")
     out["logit"] = np.where(scored, logits, np.nan)
-    out = with_decisions(out, predictor.threshold, "image")
+    unsure = predictor.uncertain(out["probability"].fillna(0.0).to_numpy(), spread)
+    out = with_decisions(out, predictor.threshold, "image", unsure)
     return out[[*ANSWER_COLUMNS, "logit"]]
 
 
-def with_decisions(out: pd.DataFrame, threshold: float, stage: str) -> pd.DataFrame:
-    """label, decision, threshold and stage of each scored row (src/core/decision.py); empty where
-    the row has no score."""
-    scored = out["target"].notna().to_numpy()
-    decisions = np.array([decision(p, threshold) for p in out["target"].fillna(0.0)])
-    out["label"] = np.where(scored, (decisions == ABOVE).astype(int).astype(str), "")
-    out["decision"] = np.where(scored, decisions, "")
+def with_decisions(out: pd.DataFrame, threshold: float, stage: str, unsure=False) -> pd.DataFrame:
+    """decision, label, threshold and stage of each scored row (src/core/decision.py): refer where
+    it is not assessable or `unsure`; empty where the row has no score."""
+    scored = out["probability"].notna().to_numpy()
+    p = out["probability"].fillna(0.0).to_numpy()
+    found = decisions(p, threshold, out["assessable"].to_numpy() != "false", unsure)
+    out["decision"] = np.where(scored, found, "")
+    out["label"] = np.where(scored, (p >= threshold).astype(int).astype(str), "")
     out["threshold"], out["stage"] = threshold, stage
     return out
 
@@ -168,15 +175,15 @@ def apply_context(model: ContextModel, rows: pd.DataFrame, results: pd.DataFrame
     if "patient_id" not in rows:
         raise DataError("--context needs metadata (patient, age, sex, site): give a metadata CSV as INPUT")
     scored = model.score(rows, results["logit"].to_numpy() if model.uses_image_score else None)
-    out = results.assign(image_probability=results["target"])
+    out = results.assign(image_probability=results["probability"])
     failed = (out["error"] != "").to_numpy() if model.uses_image_score else np.zeros(len(out), bool)
-    out["target"] = np.where(failed, np.nan, scored["probability"])
+    out["probability"] = np.where(failed, np.nan, scored["probability"])
     out = with_decisions(out, model.threshold, "context")
     out["patient_rank"] = np.where(failed, np.nan, scored["patient_rank"])
     lesions = pd.Series(split_groups(rows)).groupby(split_groups(rows)).transform("size").to_numpy()
     notes = {n: few_lesions_note(int(n)) for n in np.unique(lesions)}  # one string per count, shared
     out["context_note"] = [notes[n] for n in lesions]
-    columns = ["image_name", "target", "label", "decision", "threshold", "stage", "image_probability"]
+    columns = ["image_name", "probability", "decision", "label", "threshold", "stage", "image_probability"]
     return out[
         [*columns, "uncertainty", "assessable", "reason", "patient_rank", "context_note", "error", "logit"]
     ]
@@ -198,11 +205,12 @@ def input_notes(rows: pd.DataFrame, context: ContextModel | None) -> list[str]:
 
 def submission(results: pd.DataFrame, id_column: str) -> str:
     """The competition's two columns; every row must have a score."""
-    missing = results["target"].isna()
+    missing = results["probability"].isna()
     if missing.any():
         shown = ", ".join(results.loc[missing, "image_name"].head(5))
         raise DataError(f"{int(missing.sum())} images have no score ({shown}); a submission needs every row")
-    return results[["image_name", "target"]].rename(columns={"image_name": id_column}).to_csv(index=False)
+    named = {"image_name": id_column, "probability": "target"}
+    return results[["image_name", "probability"]].rename(columns=named).to_csv(index=False)
 
 
 def write_explanations(predictor: Scorer, rows: pd.DataFrame, results: pd.DataFrame, folder: Path) -> int:
@@ -307,6 +315,7 @@ def open_parts(args, predictor: Scorer, rows: pd.DataFrame, tta: bool, rank: int
         "tta": tta,
         "batch_size": args.batch_size,
         "quality_gate": predictor.quality_gate,
+        "unfamiliar_at": predictor.familiarity.threshold if predictor.familiarity else None,
     }
     parts = Parts(args.out, what, len(rows), args.part_rows)
     if rank == 0:

@@ -23,8 +23,9 @@ from src.core.checkpoint import (
     synthetic_training_data,
     weights_digest,
 )
-from src.core.decision import answer
+from src.core.decision import answer, refer_rule, uncertain
 from src.core.ensemble import read_ensemble
+from src.core.familiarity import Familiarity, reasons_with_familiarity
 from src.core.metrics import calibrated
 from src.core.runtime import Runtime
 from src.data.images import decode_bytes
@@ -50,6 +51,7 @@ class Scorer:
     img_size: int
     models = 1  # how many models' logits member_logits gives
     quality_gate: dict | None = None  # src/data/quality.py: what makes an image unassessable
+    familiarity: Familiarity | None = None  # src/core/familiarity.py: "unlike training images"
     threshold: float
     temperature: float
     bias: float
@@ -67,12 +69,19 @@ class Scorer:
             "calibrated_on": self.calibrated_on,
             "calibrated_at": self.calibrated_at,
             "threshold_rule": self.threshold_rule,
+            "refer_rule": self.refer_rule["text"],
+            "checks": self.checks(),
             "calibration_tta": self.views(None),  # the views the threshold was fitted on
             "training_data": self.training_data,
             "synthetic_training_data": self.synthetic,
             "epoch": self.epoch,
             "training_metrics": {k: v for k, v in self.metrics.items() if k.startswith("val_")},
         }
+
+    def checks(self) -> list[str]:
+        """What can make an image unassessable for this model (shown on the model card)."""
+        found = [f"image quality ({', '.join(self.quality_gate)})"] if self.quality_gate else []
+        return found + (["unlike training images (feature distance)"] if self.familiarity else [])
 
     def views(self, tta: bool | None) -> bool:
         """TTA or not: as the calibration was fitted (None), or refused when asked otherwise."""
@@ -82,30 +91,41 @@ class Scorer:
         return calibrated(logits, self.temperature, self.bias)
 
     def logit_bytes(self, data: bytes, tta: bool = False, name: str = "upload") -> float:
-        return float(self.member_logit_bytes(data, tta, name).mean())
+        return float(self.score_bytes(data, tta, name)[0].mean())
 
-    def member_logit_bytes(self, data: bytes, tta: bool = False, name: str = "upload") -> np.ndarray:
-        """(K,) each model's logit for one encoded image (K = 1 for a single model)."""
-        return self.score_bytes(data, tta, name)[0]
+    def member_logits(self, images, tta: bool = False) -> np.ndarray:
+        """(K, N) each model's logits (K = 1 for a single model)."""
+        return self.member_scores(images, tta)[0]
 
     def score_bytes(
         self, data: bytes, tta: bool = False, name: str = "upload"
     ) -> tuple[np.ndarray, str | None]:
-        """(K,) logits of one encoded image and the quality gate's reason for it ("" when it is
-        assessable, None when the model has no gate), from one decode: the pixels the model sees."""
+        """(K,) logits of one encoded image and why it cannot be assessed ("" when it can, None when
+        the model has no check at all), from one decode: the pixels the model sees."""
+        reason = None
         if self.quality_gate:
             rgb, values = decode_measured_bytes(data, self.img_size, name)
             reason = check(self.quality_gate, values)
         else:
-            rgb, reason = decode_bytes(data, self.img_size, name), None
-        return self.member_logits(preprocess(rgb, self.img_size)[None], tta)[:, 0], reason
+            rgb = decode_bytes(data, self.img_size, name)
+        logits, unfamiliarity = self.member_scores(preprocess(rgb, self.img_size)[None], tta)
+        if unfamiliarity is not None:
+            reason = str(reasons_with_familiarity([reason or ""], unfamiliarity)[0])
+        return logits[:, 0], reason
 
-    def decision(self, logit: float) -> dict:
-        """The image model's answer for one image: calibrated probability and the saved threshold."""
-        return answer(float(self.probabilities(logit)), self.threshold, "image")
+    def uncertain(self, probability, spread) -> np.ndarray:
+        """Where the members disagree about the side of the threshold (the refer rule's band)."""
+        return uncertain(probability, self.threshold, spread, self.temperature, self.refer_rule)
+
+    def decision(self, members: np.ndarray, reason: str | None = None) -> dict:
+        """The image model's answer for one image from its (K,) logits: calibrated probability, the
+        saved threshold, refer when it cannot be assessed or the members straddle the threshold."""
+        p = float(self.probabilities(float(np.mean(members))))
+        spread = float(np.std(members)) if len(members) > 1 else None
+        return answer(p, self.threshold, "image", not reason, bool(self.uncertain(p, spread)))
 
     def predict_bytes(self, data: bytes, tta: bool | None = None, name: str = "upload") -> dict:
-        return self.decision(self.logit_bytes(data, self.views(tta), name))
+        return self.decision(*self.score_bytes(data, self.views(tta), name))
 
 
 class Predictor(Scorer):
@@ -187,6 +207,9 @@ class Predictor(Scorer):
         self.metrics = s.get("metrics") or {}
         self.epoch = s.get("epoch")
         self.quality_gate = s.get("quality_gate")  # checked by check_settings; None: not fitted yet
+        fitted = s.get("familiarity")  # checkpoints only: an ONNX export carries no features
+        self.familiarity = Familiarity(fitted).to(self.rt.device) if fitted and self.rt else None
+        self.refer_rule = s.get("refer_rule") or refer_rule()
 
     @torch.no_grad()
     def logits(self, images: torch.Tensor, tta: bool = False) -> np.ndarray:
@@ -199,14 +222,25 @@ class Predictor(Scorer):
                 for v in views
             ]
             return np.mean(outs, axis=0).astype(np.float32)
-        x = self.rt.to_device(images)
-        with self.rt.autocast():
-            out = torch.stack([self.model(v).float() for v in (dihedral_views(x) if tta else [x])]).mean(0)
-        return out.cpu().numpy()
+        return self.scores(images, tta)[0]
 
-    def member_logits(self, images: torch.Tensor, tta: bool = False) -> np.ndarray:
-        """(1, N): one model."""
-        return self.logits(images, tta)[None]
+    @torch.no_grad()
+    def scores(self, images, tta: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """(N,) logits and (N,) unfamiliarity (None without a fitted distance, and for ONNX)."""
+        if self.kind == "onnx":
+            return self.logits(images, tta), None
+        x = self.rt.to_device(torch.as_tensor(images))
+        views = dihedral_views(x) if tta else [x]
+        with self.rt.autocast():
+            first, features = self.model.logits_and_features(views[0])
+            out = torch.stack([first.float()] + [self.model(v).float() for v in views[1:]]).mean(0)
+        far = self.familiarity(features.float()).cpu().numpy() if self.familiarity else None
+        return out.cpu().numpy(), far
+
+    def member_scores(self, images, tta: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """(1, N) logits of one model and its (N,) unfamiliarity (or None)."""
+        logits, far = self.scores(images, tta)
+        return logits[None], far
 
 
 def default_threads() -> int:
@@ -239,6 +273,8 @@ class Ensemble(Scorer):
         self._calibration = {"calibration_tta": spec["calibration_tta"], "calibrated_on": self.calibrated_on}
         self.synthetic = any(m.synthetic for m in self.members)
         self.quality_gate = next((m.quality_gate for m in self.members if m.quality_gate), None)
+        self.familiarity = next((m.familiarity for m in self.members if m.familiarity), None)
+        self.refer_rule = spec.get("refer_rule") or refer_rule()
         self.calibrated_at, self.training_data = None, first.training_data
         self.epoch, self.metrics = None, {}  # per member, under "members" in info()
         joined = hashlib.sha256(" ".join(m.version for m in self.members).encode()).hexdigest()[:12]
@@ -253,9 +289,12 @@ class Ensemble(Scorer):
         except CheckpointError as e:
             raise CheckpointError(f"ensemble {self.path}, member {name}: {e}") from None
 
-    def member_logits(self, images: torch.Tensor, tta: bool = False) -> np.ndarray:
-        """(K, N): each member's logits (each averaged over the 8 views with tta)."""
-        return np.stack([m.logits(images, tta) for m in self.members])
+    def member_scores(self, images, tta: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """(K, N) each member's logits (each averaged over the 8 views with tta), and the mean
+        unfamiliarity of the members that have a distance fitted (None when none has)."""
+        scored = [m.scores(images, tta) for m in self.members]
+        far = [f for _, f in scored if f is not None]
+        return np.stack([logits for logits, _ in scored]), np.mean(far, axis=0) if far else None
 
     def logits(self, images: torch.Tensor, tta: bool = False) -> np.ndarray:
         return self.member_logits(images, tta).mean(axis=0)

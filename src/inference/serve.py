@@ -43,7 +43,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from src.core.context_model import ContextModel, few_lesions_note
-from src.core.decision import answer
+from src.core.decision import ABOVE, BELOW, REFER, answer
 from src.data.atomic import read_regular_file
 from src.data.images import MAX_PIXELS, ImageDecodeError, ImageTooLarge, check_header
 from src.data.metadata import COLUMNS, age_in_years
@@ -55,6 +55,7 @@ from src.inference.report_html import report_page
 
 MAX_UPLOAD_BYTES = int(float(os.environ.get("MAX_UPLOAD_MB", "20")) * 1024 * 1024)
 MULTIPART_OVERHEAD = 64 * 1024  # form boundaries and headers around the file itself
+DECISION_ORDER = (ABOVE, REFER, BELOW)  # /triage lists lesions in this order, then by probability
 MAX_TRIAGE_FILES = 32  # lesions of one patient in one /triage request (the whole body obeys MAX_UPLOAD_MB)
 SEXES = ("female", "male")
 BODY_TIMEOUT_S = float(os.environ.get("BODY_TIMEOUT_S", "30"))  # the whole body must arrive within this
@@ -456,7 +457,7 @@ def triage(
     lesions = score_patient(logits, metas, reasons)
     for i, (lesion, name) in enumerate(zip(lesions, names, strict=True)):
         lesion["file"], lesion["index"] = name, i  # index: its place in the request
-    lesions.sort(key=lambda r: (-r["label"], -r["probability"]))
+    lesions.sort(key=lambda r: (DECISION_ORDER.index(r["decision"]), -r["probability"]))
     return {"lesions": lesions, "context_stage": api.state.context is not None, **about_the_model(predictor)}
 
 
@@ -517,9 +518,11 @@ def score_patient(member_logits: list[np.ndarray], metas: list[dict], reasons: l
         table["sex"], table["anatom_site"] = [m["sex"] for m in metas], [m["site"] for m in metas]
         p, threshold, stage = context.probabilities(table, logits), context.threshold, "context"
     note = few_lesions_note(len(logits)) if context is not None else ""
+    spread = members.std(axis=1) if predictor.models > 1 else None
+    unsure = predictor.uncertain(p, spread) if stage == "image" else np.zeros(len(p), bool)
     return [
         {
-            **answer(p[i], threshold, stage),
+            **answer(p[i], threshold, stage, not reasons[i], bool(unsure[i])),
             "image_probability": float(image_p[i]),
             "ugly_duckling_rank": int(rank[i]),
             **(

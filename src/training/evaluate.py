@@ -32,6 +32,14 @@ from src.core.checkpoint import (
     save_checkpoint,
     synthetic_training_data,
 )
+from src.core.decision import margins, refer_rule
+from src.core.familiarity import (
+    MAX_FIT_IMAGES,
+    UNFAMILIAR,
+    distance,
+    fit_familiarity,
+    reasons_with_familiarity,
+)
 from src.core.metrics import MIN_SENSITIVITY, metric_fns, operating_metrics
 from src.core.run_data import RunDataError, own_validation_set, run_images
 from src.core.runtime import logits_for_table
@@ -140,17 +148,65 @@ def calibrate(ckpt: dict, logits, y, own_split: bool, min_sensitivity: float) ->
     }
 
 
-def training_quality_gate(ckpt: dict, ckpt_path: Path, workers: int) -> dict | None:
+def training_checks(
+    model, ckpt: dict, ckpt_path: Path, batch_size: int, workers: int, seed: int = 0
+) -> tuple[dict | None, np.ndarray | None]:
     """The image-quality gate (src/data/quality.py) fitted on the run's training images, decoded as
-    the model sees them; None when they cannot be found (the checkpoint keeps no gate then)."""
+    the model sees them, and the pooled features of up to MAX_FIT_IMAGES of them (for the
+    familiarity distance); (None, None) when they cannot be found (the checkpoint keeps no checks)."""
     try:
         train, _ = run_images(ckpt, ckpt_path, "train")
     except (RunDataError, SplitError, DataError):
+        return None, None
+    try:
+        gate = fit_gate_on_files(train["path"], ckpt["img_size"], max(workers, 0))
+    except ValueError:
+        gate = None
+    sample = train.sample(n=min(MAX_FIT_IMAGES, len(train)), random_state=seed)
+    pred = logits_for_table(model, ckpt, sample, batch_size, workers, False, features=True)
+    return gate, pred["features"][pred["ok"].astype(bool)]
+
+
+def checked_reasons(pred: dict, gate: dict | None, familiarity: dict | None) -> np.ndarray:
+    """Why each image of a prediction cannot be assessed ("" where it can)."""
+    names = np.array(["", *gate] if gate else [""], dtype=object)
+    rules = names[np.maximum(pred["rules"], 0)] if gate else np.full(len(pred["logits"]), "", object)
+    far = distance(familiarity, pred["features"]) / familiarity["threshold"] if familiarity else None
+    return reasons_with_familiarity(rules, far)
+
+
+def fitted_familiarity(train_features: np.ndarray | None, validation_features) -> dict | None:
+    """The familiarity distance (src/core/familiarity.py) on the training features, its threshold on
+    the validation split's; None without training features or with too few images."""
+    if train_features is None:
         return None
     try:
-        return fit_gate_on_files(train["path"], ckpt["img_size"], max(workers, 0))
+        return fit_familiarity(train_features, validation_features)
     except ValueError:
         return None
+
+
+def checks_of(quality_gate: dict | None, familiarity: dict | None) -> list[str]:
+    return (["image quality"] if quality_gate else []) + (["unlike training images"] if familiarity else [])
+
+
+def abstention(y, p, threshold: float, reasons: np.ndarray, checks: list[str]) -> dict:
+    """The report's abstention section: what each check caught, and the risk-coverage table. One
+    checkpoint has no spread across models, so its saved rule refers the images it cannot assess;
+    beyond them the order is the distance to the threshold (in logit units)."""
+    assessable = reasons == ""
+    order = np.lexsort((margins(p, threshold), assessable))  # not assessable first
+    referred = int((~assessable).sum())
+    caught = pd.Series(reasons[~assessable]).value_counts()
+    return {
+        "checks": checks,
+        "not_assessable": {str(k): int(v) for k, v in caught.items()},
+        "unlike_training_share": float((reasons == UNFAMILIAR).mean()),
+        "rule": refer_rule()["text"],
+        "referred_share_at_rule": referred / len(y),
+        "order": "not assessable, then closest to the threshold",
+        "risk_coverage": M.risk_coverage(y, p, threshold, order, at_rule=referred),
+    }
 
 
 def save_calibration(ckpt: dict, path: Path, cal: dict) -> None:
@@ -166,7 +222,8 @@ def save_calibration(ckpt: dict, path: Path, cal: dict) -> None:
             "calibrated_on": "the run's validation split",
             "calibration_tta": cal["tta"],  # prediction must average the same views
             "calibrated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            **({"quality_gate": cal["quality_gate"]} if cal.get("quality_gate") else {}),
+            "refer_rule": refer_rule(),
+            **{k: cal[k] for k in ("quality_gate", "familiarity") if cal.get(k)},
         }
     )
     save_checkpoint(ckpt, path)
@@ -180,6 +237,9 @@ def make_plots(out: Path, y, p_raw, p_cal, groups, cal, report: dict, ckpt_path:
         "Precision-recall": R.plot_pr(y, p_cal, out / "precision_recall.png"),
         "Reliability diagram": R.plot_reliability(y, p_raw, p_cal, out / "reliability.png"),
         "Score histograms": R.plot_histograms(y, p_cal, cal["threshold"], out / "score_histograms.png"),
+        "Risk-coverage": R.plot_risk_coverage(
+            report["abstention"]["risk_coverage"], out / "risk_coverage.png"
+        ),
     }
     history = ckpt_path.parent / "training_history.json"
     if history.is_file():
@@ -215,13 +275,13 @@ def check_set(table: pd.DataFrame, y) -> None:
         )
 
 
-def readable_rows(table: pd.DataFrame, pred: dict) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, int]:
-    """(rows that decoded, their logits, their labels, how many did not decode)."""
+def readable_rows(table: pd.DataFrame, pred: dict) -> tuple[pd.DataFrame, dict, np.ndarray, int]:
+    """(rows that decoded, the prediction's arrays for them, their labels, how many did not decode)."""
     ok = pred["ok"].astype(bool)
     rows = table.iloc[pred["index"][ok]].reset_index(drop=True)
     y = rows["target"].to_numpy().astype(int)
     check_set(rows, y)
-    return rows, pred["logits"][ok], y, int((~ok).sum())
+    return rows, {k: v[ok] for k, v in pred.items()}, y, int((~ok).sum())
 
 
 def build_report(
@@ -304,6 +364,23 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
+def scored_with_checks(model, ckpt: dict, ckpt_path: Path, table: pd.DataFrame, args) -> tuple:
+    """(readable rows, their prediction arrays, labels, unreadable count, the checks): on the run's
+    own split the checks are fitted (quality on training images, the feature distance's threshold on
+    this split), on any other set they are the checkpoint's."""
+    own = args.metadata is None
+    gate, train_features = (
+        training_checks(model, ckpt, ckpt_path, args.batch_size, args.workers, args.seed)
+        if own
+        else (ckpt.get("quality_gate"), None)
+    )
+    features = train_features is not None or ckpt.get("familiarity") is not None
+    pred = logits_for_table(model, ckpt, table, args.batch_size, args.workers, args.tta, gate, features)
+    table, pred, y, unreadable = readable_rows(table, pred)
+    familiarity = fitted_familiarity(train_features, pred.get("features")) if own else ckpt.get("familiarity")
+    return table, pred, y, unreadable, {"quality_gate": gate, "familiarity": familiarity}
+
+
 def evaluate_checkpoint(args) -> dict:
     """Predict, fit (own split) or reuse the calibration, save it into the checkpoint, write the report."""
     ckpt_path = Path(args.checkpoint)
@@ -321,13 +398,16 @@ def evaluate_checkpoint(args) -> dict:
     )
     out.mkdir(parents=True, exist_ok=True)
     args.tta = bool(args.tta) if args.metadata is None else calibration_tta(ckpt, args.tta, ckpt_path)
-    pred = logits_for_table(model, ckpt, table, args.batch_size, args.workers, args.tta)
-    table, logits, y, unreadable = readable_rows(table, pred)
-    cal = {**calibrate(ckpt, logits, y, args.metadata is None, args.min_sensitivity), "tta": args.tta}
-    if args.metadata is None:
-        cal["quality_gate"] = training_quality_gate(ckpt, ckpt_path, args.workers)
+    own = args.metadata is None
+    table, pred, y, unreadable, checks = scored_with_checks(model, ckpt, ckpt_path, table, args)
+    logits = pred["logits"]
+    cal = {**calibrate(ckpt, logits, y, own, args.min_sensitivity), "tta": args.tta, **checks}
+    if own:
         save_calibration(ckpt, ckpt_path, cal)  # what prediction, serving and export read
     report = build_report(args, ckpt, table, description, logits, y, cal, unreadable)
+    reasons = checked_reasons(pred, checks["quality_gate"], checks["familiarity"])
+    p = M.calibrated(logits, cal["temperature"], cal["bias"])
+    report["abstention"] = abstention(y, p, cal["threshold"], reasons, checks_of(**checks))
     if args.metadata:
         report["near_copies_of_training"] = copies = near_copies_of_training(ckpt, ckpt_path, table, out)
         if copies:
@@ -335,11 +415,11 @@ def evaluate_checkpoint(args) -> dict:
                 f"{len({c['image'] for c in copies})} images of this set have a near-copy among the model's "
                 f"training images, so it is not fully external (listed under near_copies_of_training)."
             )
-    p = M.calibrated(logits, cal["temperature"], cal["bias"])
     report["plots"] = make_plots(
         out, y, M.sigmoid(logits), p, split_groups(table), cal, report, ckpt_path, args
     )
-    pd.DataFrame({"image_name": table["image_name"], "target": y, "logit": logits, "probability": p}).to_csv(
+    answers = {"image_name": table["image_name"], "target": y, "logit": logits, "probability": p}
+    pd.DataFrame({**answers, "assessable": reasons == "", "reason": reasons}).to_csv(
         out / "predictions.csv", index=False
     )
     report = clean(report)

@@ -19,10 +19,11 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from src.core import metrics as M
-from src.core.checkpoint import load_checkpoint, model_from_checkpoint
+from src.core.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from src.core.ensemble import FILE as ENSEMBLE_FILE
 from src.core.ensemble import write_ensemble
 from src.core.run_data import run_images
@@ -32,6 +33,7 @@ from src.data.splits import read_split
 from src.errors import ProjectError, command
 from src.training import train as T
 from src.training.context import OOF_COLUMNS
+from src.training.evaluate import fitted_familiarity, training_checks
 
 
 class OOFError(ProjectError):
@@ -66,6 +68,18 @@ def train_fold(k: int, folds: int, out: Path, overrides: list[str], retrain: boo
     return best
 
 
+def member_file(best: Path) -> Path:
+    """The fold's file that ensemble.json names: best.pth where the run wrote one."""
+    return best.parent / "best.pth" if (best.parent / "best.pth").is_file() else best
+
+
+def save_checks(ckpt: dict, path: Path, checks: dict) -> None:
+    """The fold model's checks (image quality, unlike its training images: fitted on its own split,
+    as evaluate.py does), so that the ensemble can say when it cannot assess an image."""
+    ckpt.update({k: v for k, v in checks.items() if v is not None})
+    save_checkpoint(ckpt, path)
+
+
 def score_fold(k: int, best: Path, args) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The fold's validation images scored by its own model, and the fold's split file."""
     ckpt = load_checkpoint(best)
@@ -74,8 +88,14 @@ def score_fold(k: int, best: Path, args) -> tuple[pd.DataFrame, pd.DataFrame]:
     train_names = set(split.loc[split["split"] == "train", "image_name"])
     if train_names & set(table["image_name"]):
         raise OOFError(f"{split_path}: images in both the training and validation parts")
-    pred = logits_for_table(model_from_checkpoint(ckpt), ckpt, table, args.batch_size, args.workers, args.tta)
+    model = model_from_checkpoint(ckpt)
+    gate, train_features = training_checks(model, ckpt, best, args.batch_size, args.workers)
+    pred = logits_for_table(
+        model, ckpt, table, args.batch_size, args.workers, args.tta, gate, train_features is not None
+    )
     ok = pred["ok"].astype(bool)
+    familiarity = fitted_familiarity(train_features, pred.get("features", np.zeros(0))[ok])
+    save_checks(ckpt, member_file(best), {"quality_gate": gate, "familiarity": familiarity})
     if not ok.all():
         print(f"warning: fold {k}: {int((~ok).sum())} unreadable validation images left out", file=sys.stderr)
     rows = table.iloc[pred["index"][ok]]
@@ -143,8 +163,7 @@ def main(argv=None) -> int:
         f"{len(oof):,} images scored out of fold by {args.folds} models: AUC {auc:.4f} -> {out / 'oof.csv'}"
     )
     if M.has_both_classes(y):
-        stable = [b.parent / "best.pth" if (b.parent / "best.pth").is_file() else b for b in bests]
-        write_ensemble(out, stable, oof["logit"].to_numpy(), y, args.tta)
+        write_ensemble(out, [member_file(b) for b in bests], oof["logit"].to_numpy(), y, args.tta)
         print(f"the {args.folds} fold models as one: predict.py --checkpoint {out} ({out / ENSEMBLE_FILE})")
     return 0
 

@@ -117,6 +117,26 @@ def plot_histograms(y, p, threshold: float, path: Path) -> str:
     return _save(fig, path)
 
 
+def plot_risk_coverage(rows: list[dict], path: Path) -> str:
+    """Sensitivity, specificity and ROC AUC of the images kept as the referred share grows."""
+    rows = [r for r in rows if r["referred"] != "saved rule"]
+    share = [100 * r["referred_share"] for r in rows]
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for key, label in (
+        ("sensitivity", "sensitivity"),
+        ("specificity", "specificity"),
+        ("roc_auc", "ROC AUC"),
+    ):
+        ax.plot(share, [np.nan if r[key] is None else r[key] for r in rows], "o-", label=label)
+    ax.set_xlabel("images referred (%): not assessable first, then closest to the threshold")
+    ax.set_ylabel("on the images kept")
+    ax.set_title("Risk-coverage")
+    ax.set_ylim(0, 1.01)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    return _save(fig, path)
+
+
 def plot_training_curves(history: dict, path: Path) -> str | None:
     epochs = history.get("epochs") or []
     if not epochs:
@@ -244,10 +264,38 @@ def _calibration_and_subgroups(report: dict) -> list[str]:
     return lines + [""]
 
 
+def _abstention(report: dict) -> list[str]:
+    a = report.get("abstention")
+    if not a:
+        return []
+    if not a["checks"]:
+        return ["## Abstention", "", "This model has no quality gate or familiarity check yet "
+                "(evaluate the run's own validation split first).", ""]  # fmt: skip
+    caught = ", ".join(f"{reason}: {n}" for reason, n in a["not_assessable"].items()) or "none"
+    lines = [
+        "## Abstention",
+        "",
+        f"Checks: {', '.join(a['checks'])}. Not assessable: {caught}. Unlike training images: "
+        f"{_fmt(100 * a['unlike_training_share'], 1)}% of the set. Referred at the saved rule "
+        f"({a['rule']}): {_fmt(100 * a['referred_share_at_rule'], 1)}%.",
+        "",
+        f"Risk-coverage (referral order: {a['order']}):",
+        "",
+        "| referred | images kept | melanoma kept | sensitivity | specificity | ROC AUC |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['referred']} ({_fmt(100 * r['referred_share'], 1)}%) | {r['images']} | {r['melanoma']} | "
+        f"{_fmt(r['sensitivity'])} | {_fmt(r['specificity'])} | {_fmt(r['roc_auc'])} |"
+        for r in a["risk_coverage"]
+    ]
+    return lines + [""]
+
+
 def markdown(report: dict) -> str:
     lines = _header(report) + ["| metric | value [95% CI] |", "|---|---|"]
     lines += [f"| {label} | {_with_ci(report, key)} |" for key, label in METRIC_LABELS] + [""]
-    lines += _operating(report) + _calibration_and_subgroups(report) + ["## Plots", ""]
+    lines += _operating(report) + _calibration_and_subgroups(report) + _abstention(report) + ["## Plots", ""]
     lines += [f"![{name}]({file})" for name, file in report["plots"].items() if file]
     copies = report.get("near_copies_of_training")
     if copies:

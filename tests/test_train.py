@@ -368,6 +368,7 @@ def test_ctrl_c_during_a_save_waits_for_the_save_to_finish(tmp_path, monkeypatch
     monkeypatch.setattr(run_module, "plot_training_curves", plot_with_a_ctrl_c)
     out = tmp_path / "run"
     config = SimpleNamespace(RESUME=False, OVERWRITE=False, ARCH="resnet18", IMG_SIZE=32, BATCH_SIZE=16)
+    config.INPUT_FIT, config.COLOUR_CONSTANCY = "crop", False
     run = run_module.RunDir(out, config)
     (out / "split.csv").write_text("image_name\n")
     model = MelanomaNet("resnet18")

@@ -42,7 +42,7 @@ def test_dataset_skips_bad_file_instead_of_crashing(tmp_path):
     good = write_jpeg(tmp_path / "good.jpg", gradient_image())
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(good.read_bytes()[:100])
-    data = ImageDataset([good, bad, tmp_path / "gone.jpg"], [0, 1, 0], img_size=32)
+    data = ImageDataset([good, bad, tmp_path / "gone.jpg"], [0, 1, 0], 32)
     loader = make_loader(data, batch_size=3, workers=2)
     images, targets, index, ok = next(iter(loader))
     assert images.shape == (3, 3, 32, 32) and images.dtype == torch.uint8
@@ -91,3 +91,28 @@ def test_negative_sampling_takes_every_positive_and_fresh_negatives_each_epoch()
     assert len(shared) == 40 and len(ranks[0]) == len(ranks[1]) == 20
     few = EpochSampler(np.array([1] * 10 + [0] * 15), seed=0, negatives_per_positive=3)
     assert len(few) == 25 and few.positive_weight() == 1.5  # all 15 negatives, not 30
+
+
+def test_pad_keeps_the_whole_image_and_crop_its_centre():
+    from src.data.transforms import InputSpec, preprocess
+
+    image = np.zeros((100, 200, 3), np.uint8)
+    image[:, :20] = 255  # a white band at the left edge, which a centre crop cuts away
+    cropped = preprocess(image, InputSpec(50, "crop")).numpy()
+    padded = preprocess(image, InputSpec(50, "pad")).numpy()
+    assert cropped.max() == 0  # the band is outside the centre square
+    assert padded[:, 12:37, :5].min() == 255 and padded[:, :12].max() == 0 and padded[:, 37:].max() == 0
+    assert preprocess(image, 50).shape == (3, 50, 50) and preprocess(image, InputSpec(50)).equal(
+        preprocess(image, 50)
+    )
+
+
+def test_shades_of_gray_removes_a_colour_cast_and_old_settings_mean_no_option():
+    from src.data.transforms import InputSpec, shades_of_gray
+
+    rng = np.random.default_rng(0)
+    grey = rng.integers(60, 200, (64, 64, 1)).astype(np.float32)
+    cast = np.clip(grey * np.array([1.3, 1.0, 0.7]), 0, 255).astype(np.uint8)  # a warm light
+    balanced = shades_of_gray(cast).reshape(-1, 3).astype(np.float32).mean(axis=0)
+    assert balanced.max() / balanced.min() < 1.05 < cast.reshape(-1, 3).mean(axis=0).max() / 100
+    assert InputSpec.of({"img_size": 64}) == InputSpec(64, "crop", False)

@@ -19,12 +19,14 @@ import torchvision
 from src.core.decision import refer_rule_problem
 from src.core.familiarity import familiarity_problem
 from src.core.metrics import finite_number
-from src.core.model import ARCHITECTURES, FEATURE_SIZES, IMG_SIZE_RANGE, MelanomaNet
+from src.core.model import ARCHITECTURES, FEATURE_SIZES, IMG_SIZE_RANGE, MELANOMA, MelanomaNet, size_problem
 from src.data.atomic import replace_atomically
 from src.data.quality import gate_problem
+from src.data.transforms import FITS
 from src.errors import ProjectError
 
 FORMAT = "melanoma-classifier/1"
+MAX_CLASSES = 50  # diagnoses a head may have (ISIC 2019 has 9)
 REQUIRED_KEYS = ("format", "arch", "model_state", "img_size", "mean", "std")
 
 
@@ -119,7 +121,19 @@ def check_settings(s: dict, source) -> None:
     damaged or hand-edited file stops a command with one line instead of failing on every request."""
     problems = []
     if s.get("arch") not in ARCHITECTURES:
-        problems.append(f"arch {s.get('arch')!r} is not one of {ARCHITECTURES}")
+        problems.append(f"arch {s.get('arch')!r} is not one of {', '.join(ARCHITECTURES)}")
+    elif isinstance(s.get("img_size"), int) and size_problem(s["arch"], s["img_size"]):
+        problems.append(size_problem(s["arch"], s["img_size"]))
+    if s.get("input_fit", "crop") not in FITS or not isinstance(s.get("colour_constancy", False), bool):
+        problems.append(f"input_fit must be one of {FITS} and colour_constancy true or false")
+    classes = s.get("classes")
+    if classes is not None and not (
+        isinstance(classes, (list, tuple))
+        and 2 <= len(classes) <= MAX_CLASSES
+        and all(isinstance(c, str) and 0 < len(c) <= 60 for c in classes)
+        and MELANOMA in classes
+    ):
+        problems.append(f"classes is not a list of 2 to {MAX_CLASSES} diagnosis names including {MELANOMA!r}")
     size = s.get("img_size")
     if not (
         isinstance(size, int)
@@ -155,7 +169,9 @@ def check_settings(s: dict, source) -> None:
 
 
 def model_from_checkpoint(ckpt: dict) -> MelanomaNet:
-    model = MelanomaNet(ckpt["arch"], mean=ckpt["mean"], std=ckpt["std"])
+    model = MelanomaNet(
+        ckpt["arch"], ckpt["mean"], ckpt["std"], img_size=ckpt["img_size"], classes=ckpt.get("classes")
+    )
     try:
         model.load_state_dict(ckpt["model_state"])
     except (RuntimeError, TypeError, AttributeError) as e:  # wrong shapes, or not a state dict at all

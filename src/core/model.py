@@ -1,7 +1,12 @@
-"""The classifier: a torchvision ResNet with a one-logit head, with input normalisation built in.
+"""The classifier: a torchvision backbone (ResNet, EfficientNet, ConvNeXt or ViT) with its ImageNet
+head replaced, and input normalisation built in.
 
 The model takes uint8 (or 0..255 float) images and normalises them itself, so the data path ships
 uint8 to the device and every consumer (evaluation, prediction, serving, ONNX) gets the same maths.
+Its output is always one melanoma logit per image. With `classes` (the diagnosis target) the head
+has one output per diagnosis, trained with a softmax, and the melanoma logit is read from it:
+log p(melanoma) - log(1 - p(melanoma)), so thresholds, calibration and the context stage are the
+same for both targets.
 """
 
 from __future__ import annotations
@@ -18,40 +23,107 @@ from torch import nn
 from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from src.errors import ProjectError
 
-ARCHITECTURES = ("resnet18", "resnet34", "resnet50", "resnet101")
-FEATURE_SIZES = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}  # the head's input
-IMG_SIZE_RANGE = (32, 2048)  # ResNets downsample 32x; above 2048 px a batch no longer fits any GPU
+# family -> (path of the final Linear layer, path of the last convolutional block for Grad-CAM)
+FAMILIES = {
+    "resnet": ("fc", "layer4"),
+    "efficientnet": ("classifier.1", "features"),
+    "convnext": ("classifier.2", "features"),
+    "vit": ("heads.head", None),  # a transformer: no convolutional map for Grad-CAM
+}
+# arch -> the head's input size (the pooled features of src/core/familiarity.py); torchvision's names
+FEATURE_SIZES = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
+FEATURE_SIZES |= {
+    f"efficientnet_b{k}": n for k, n in enumerate((1280, 1280, 1408, 1536, 1792, 2048, 2304, 2560))
+}
+FEATURE_SIZES |= {"efficientnet_v2_s": 1280, "efficientnet_v2_m": 1280}
+FEATURE_SIZES |= {"convnext_tiny": 768, "convnext_small": 768, "convnext_base": 1024, "convnext_large": 1536}
+FEATURE_SIZES |= {"vit_b_16": 768, "vit_b_32": 768, "vit_l_16": 1024}
+ARCHITECTURES = tuple(FEATURE_SIZES)
+IMG_SIZE_RANGE = (32, 2048)  # the backbones downsample 32x; above 2048 px a batch no longer fits any GPU
+MELANOMA = "melanoma"  # the diagnosis whose probability every metric uses
 
 
 class WeightsUnavailable(ProjectError, RuntimeError):
     pass
 
 
+def family(arch: str) -> str:
+    return arch.split("_")[0].rstrip("0123456789")
+
+
+def size_problem(arch: str, img_size: int) -> str:
+    """A ViT cuts the image into patches of 16 or 32 pixels: the side must be a multiple of it."""
+    patch = int(arch.rsplit("_", 1)[1]) if family(arch) == "vit" else 1
+    return f"{arch} needs IMG_SIZE a multiple of {patch}" if img_size % patch else ""
+
+
+def _module(root: nn.Module, path: str) -> nn.Module:
+    for name in path.split("."):
+        root = getattr(root, name)
+    return root
+
+
 class MelanomaNet(nn.Module):
-    def __init__(self, arch: str = "resnet50", mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    def __init__(
+        self,
+        arch="resnet50",
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        img_size=224,
+        classes: tuple | None = None,
+    ):
         super().__init__()
         if arch not in ARCHITECTURES:
-            raise ValueError(f"ARCH must be one of {ARCHITECTURES}, not {arch!r}")
-        self.backbone = getattr(torchvision.models, arch)(weights=None)
-        self.backbone.fc = nn.Linear(self.backbone.fc.in_features, 1)
+            raise ValueError(f"ARCH must be one of {', '.join(ARCHITECTURES)}, not {arch!r}")
+        if classes is not None and MELANOMA not in classes:
+            raise ValueError(f"the diagnosis classes must include {MELANOMA!r}: {classes}")
+        extra = {"image_size": img_size} if family(arch) == "vit" else {}
+        self.backbone = torchvision.models.get_model(arch, weights=None, **extra)
+        self.head_path, self.cam_path = FAMILIES[family(arch)]
+        parent, _, name = self.head_path.rpartition(".")
+        owner = _module(self.backbone, parent) if parent else self.backbone
+        owner._modules[name] = nn.Linear(FEATURE_SIZES[arch], len(classes) if classes else 1)
+        self.classes = tuple(classes) if classes else None
+        self.melanoma_index = self.classes.index(MELANOMA) if self.classes else 0
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
 
+    @property
+    def head(self) -> nn.Linear:
+        return _module(self.backbone, self.head_path)
+
+    def class_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) images in 0..255 -> (N, C) head outputs (C = 1 for the melanoma target)."""
+        return self.backbone((x.float() - self.mean) / self.std)
+
+    def melanoma_logit(self, out: torch.Tensor) -> torch.Tensor:
+        """(N, C) head outputs -> (N,) melanoma logits."""
+        if self.classes is None:
+            return out.squeeze(1)
+        k = self.melanoma_index
+        others = torch.cat([out[:, :k], out[:, k + 1 :]], dim=1)
+        return out[:, k] - torch.logsumexp(others, dim=1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) images in 0..255 -> (N,) melanoma logits."""
-        return self.logits_and_features(x)[0]
+        return self.melanoma_logit(self.class_logits(x))
 
     def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N,) logits and (N, D) pooled features, the head's input (src/core/familiarity.py)."""
-        b = self.backbone
-        x = (x.float() - self.mean) / self.std
-        x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
-        x = b.layer4(b.layer3(b.layer2(b.layer1(x))))
-        features = torch.flatten(b.avgpool(x), 1)
-        return b.fc(features).squeeze(1), features
+        captured = []
+        hook = self.head.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+        try:
+            logits = self(x)
+        finally:
+            hook.remove()
+        return logits, captured[0]
+
+    def cam_layer(self) -> nn.Module | None:
+        """The last convolutional block (Grad-CAM's layer), None for a transformer."""
+        return _module(self.backbone, self.cam_path) if self.cam_path else None
 
     def head_parameters(self):
-        return list(self.backbone.fc.parameters())
+        return list(self.head.parameters())
 
     def backbone_parameters(self):
         head = {id(p) for p in self.head_parameters()}
@@ -120,20 +192,27 @@ def verified_state_dict(weights, cached: Path) -> dict:
         ) from None
 
 
-def load_imagenet_backbone(model: MelanomaNet, arch: str) -> None:
+def load_imagenet_backbone(model: MelanomaNet, arch: str, img_size: int = 224) -> None:
     """Load ImageNet weights from the torch cache, downloading them if needed; fail clearly offline."""
     weights = imagenet_weights(arch)
     cached = weights_cache_path(weights)
     if not cached.is_file():
         fetch_weights(weights, cached)
     state = verified_state_dict(weights, cached)
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}  # ImageNet's 1000-class head
+    head = model.head_path + "."
+    state = {k: v for k, v in state.items() if not k.startswith(head)}  # ImageNet's 1000-class head
+    if family(arch) == "vit" and img_size != 224:  # more or fewer patches than ImageNet's 224 px
+        from torchvision.models.vision_transformer import interpolate_embeddings
+
+        state = interpolate_embeddings(img_size, model.backbone.patch_size, state)
     missing, unexpected = model.backbone.load_state_dict(state, strict=False)
-    assert set(missing) == {"fc.weight", "fc.bias"} and not unexpected, (missing, unexpected)
+    assert set(missing) == {head + "weight", head + "bias"} and not unexpected, (missing, unexpected)
 
 
-def build_model(arch: str = "resnet50", pretrained: bool = True) -> MelanomaNet:
-    model = MelanomaNet(arch)
+def build_model(
+    arch: str = "resnet50", pretrained: bool = True, img_size: int = 224, classes: tuple | None = None
+) -> MelanomaNet:
+    model = MelanomaNet(arch, img_size=img_size, classes=classes)
     if pretrained:
-        load_imagenet_backbone(model, arch)
+        load_imagenet_backbone(model, arch, img_size)
     return model

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from src.core import distributed as dist
 from src.data.loader import ImageDataset, default_workers, make_loader
-from src.data.transforms import dihedral_views
+from src.data.transforms import InputSpec, dihedral_views
 
 
 def amp_dtype_for(amp: bool) -> torch.dtype | None:
@@ -121,10 +121,10 @@ def logits_for_table(
 ) -> dict:
     """Logits for every image of `table` (its path and target columns), computed as the run did;
     with a quality `gate`, its rule codes; with `features`, the pooled features."""
-    rt, img_size = Runtime.for_inference(ckpt), ckpt["img_size"]
+    rt = Runtime.for_inference(ckpt)
     model = model.to(rt.device)
     loader = make_loader(
-        ImageDataset(table["path"], table["target"], img_size, gate),
+        ImageDataset(table["path"], table["target"], InputSpec.of(ckpt), gate),
         batch_size,
         workers=default_workers(workers),
         pin_memory=rt.device.type == "cuda",

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from src.data.images import ImageDecodeError
 from src.data.quality import check, decode_measured
-from src.data.transforms import load_input, preprocess
+from src.data.transforms import InputSpec, as_spec, load_input, preprocess
 
 
 class ImageDataset(Dataset):
@@ -26,10 +26,11 @@ class ImageDataset(Dataset):
     position in the gate plus one, 0 when it is assessable, -1 when it could not be read; the
     measures are taken from the very pixels the model gets, decoded once."""
 
-    def __init__(self, paths, targets, img_size: int, gate: dict | None = None):
+    def __init__(self, paths, targets, spec: int | InputSpec, gate: dict | None = None):
         self.paths = np.array([os.fsencode(str(p)) for p in paths], dtype=np.bytes_)
         self.targets = np.asarray(targets, dtype=np.float32)
-        self.img_size, self.gate = img_size, gate
+        self.spec, self.gate = as_spec(spec), gate
+        self.img_size = self.spec.size
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -39,12 +40,12 @@ class ImageDataset(Dataset):
         rule = -1
         try:
             if self.gate is None:
-                image = load_input(path, self.img_size)
+                image = load_input(path, self.spec)
             else:
                 rgb, values = decode_measured(path, self.img_size)  # the pixels load_input decodes
                 broken = check(self.gate, values)
                 rule = list(self.gate).index(broken) + 1 if broken else 0
-                image = preprocess(rgb, self.img_size)
+                image = preprocess(rgb, self.spec)
             ok = True
         except (ImageDecodeError, OSError, ValueError):
             image, ok = torch.zeros(3, self.img_size, self.img_size, dtype=torch.uint8), False

@@ -1,7 +1,8 @@
 """The one preprocessing path, and medical-safe training augmentation.
 
-`load_input(path, size)` / `preprocess(image, size)` turn a file or a decoded RGB image into the
-model's input: a uint8 tensor (3, size, size), short side resized to `size` then centre-cropped.
+`load_input(path, spec)` / `preprocess(image, spec)` turn a file or a decoded RGB image into the
+model's input: a uint8 tensor (3, size, size), short side resized to `size` then centre-cropped (or
+the whole image padded square, and optionally colour-balanced: InputSpec, from the checkpoint).
 Validation, evaluation, prediction, serving and ONNX export all call it. Normalisation (ImageNet
 mean/std) is not done here but inside the model (src/core/model.py), so that uint8 crosses the
 bus (4x less than float32), the GPU does the arithmetic, and an exported model carries it along.
@@ -13,7 +14,9 @@ is on, so the data workers only decode and crop.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -24,22 +27,74 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def preprocess(image: np.ndarray, size: int) -> torch.Tensor:
-    """RGB uint8 (H, W, 3) -> uint8 tensor (3, size, size): short side to `size`, centre crop."""
-    image = resize_short_side(image, size)
+FITS = ("crop", "pad")  # INPUT_FIT: centre crop of the short side, or the whole image padded square
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How an image becomes the model's input; saved in the checkpoint and ONNX metadata, so that
+    training, evaluation, prediction, serving and export all prepare it the same way."""
+
+    size: int
+    fit: str = "crop"  # "crop": short side to size, centre crop; "pad": long side to size, black borders
+    colour_constancy: bool = False  # Shades of Gray white balance of each image
+
+    @classmethod
+    def of(cls, settings: dict) -> InputSpec:
+        """From a checkpoint or export's settings (older ones have neither key: crop, no constancy)."""
+        return cls(
+            settings["img_size"], settings.get("input_fit", "crop"), bool(settings.get("colour_constancy"))
+        )
+
+
+def as_spec(spec: int | InputSpec) -> InputSpec:
+    return spec if isinstance(spec, InputSpec) else InputSpec(int(spec))
+
+
+def shades_of_gray(image: np.ndarray, power: int = 6) -> np.ndarray:
+    """Colour constancy (Finlayson and Trezzi 2004), as the ISIC 2018/2019 winners applied it: the
+    illuminant is each channel's Minkowski p-norm mean, and each channel is scaled so that the
+    illuminant becomes neutral grey. Removes the colour cast of a dermatoscope's light."""
+    pixels = image.reshape(-1, 3).astype(np.float32)
+    illuminant = np.power(np.mean(np.power(pixels, power), axis=0), 1.0 / power)
+    illuminant = illuminant / max(float(np.linalg.norm(illuminant)), 1e-6)
+    gains = 1.0 / np.maximum(illuminant * np.sqrt(3.0), 1e-6)
+    return np.clip(image.astype(np.float32) * gains, 0, 255).astype(np.uint8)
+
+
+def preprocess(image: np.ndarray, spec: int | InputSpec) -> torch.Tensor:
+    """RGB uint8 (H, W, 3) -> uint8 tensor (3, size, size): short side to `size` and a centre crop
+    (or, with fit="pad", long side to `size` and black borders), optionally colour-balanced."""
+    spec = as_spec(spec)
+    size = spec.size
+    if spec.fit == "pad":
+        h, w = image.shape[:2]
+        scale = size / max(h, w)
+        image = cv2.resize(
+            image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
+        )
+    else:
+        image = resize_short_side(image, size)
+    if spec.colour_constancy:
+        image = shades_of_gray(image)
     h, w = image.shape[:2]
+    if spec.fit == "pad":
+        canvas = np.zeros((size, size, 3), np.uint8)
+        top, left = (size - h) // 2, (size - w) // 2
+        canvas[top : top + h, left : left + w] = image
+        return torch.from_numpy(canvas).permute(2, 0, 1).contiguous()
     top, left = (h - size) // 2, (w - size) // 2
     crop = np.ascontiguousarray(image[top : top + size, left : left + size])
     return torch.from_numpy(crop).permute(2, 0, 1).contiguous()
 
 
-def load_input(path, size: int) -> torch.Tensor:
+def load_input(path, spec: int | InputSpec) -> torch.Tensor:
     """Decode a file (reduced JPEG decoding) and preprocess it."""
-    return preprocess(decode_image(path, min_short_side=size), size)
+    return preprocess(decode_image(path, min_short_side=as_spec(spec).size), spec)
 
 
-def load_input_bytes(data: bytes, size: int, name: str = "upload") -> torch.Tensor:
-    return preprocess(decode_bytes(data, min_short_side=size, name=name), size)
+def load_input_bytes(data: bytes, spec: int | InputSpec, name: str = "upload") -> torch.Tensor:
+    return preprocess(decode_bytes(data, min_short_side=as_spec(spec).size, name=name), spec)
 
 
 # Why each augmentation is safe for dermoscopy:

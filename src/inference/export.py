@@ -31,7 +31,7 @@ from src.core.run_data import own_validation_set
 from src.data.atomic import replace_atomically
 from src.data.images import index_images
 from src.data.labels import DataError
-from src.data.transforms import load_input
+from src.data.transforms import InputSpec, load_input
 from src.errors import ProjectError, command
 from src.inference.predictor import ONNX_INPUT, Predictor
 
@@ -46,6 +46,8 @@ class ExportError(ProjectError):
 SETTING_KEYS = (
     "arch",
     "img_size",
+    "input_fit",
+    "colour_constancy",
     "mean",
     "std",
     "threshold",
@@ -112,7 +114,7 @@ def export_onnx(model, img_size: int, path: Path, settings: dict) -> Path:
 
 def real_inputs(ckpt: dict, ckpt_path: Path, images: str | None, limit: int):
     """(uint8 batch, labels or None) of real images: --images, else the run's validation split."""
-    size = ckpt["img_size"]
+    size = InputSpec.of(ckpt)
     if images:
         paths = sorted(index_images(images).values())[:limit]
         if not paths:

@@ -8,6 +8,13 @@ import torch
 import torch.nn.functional as F
 
 from src.core.model import MelanomaNet
+from src.errors import ProjectError
+
+NO_CAM = "Grad-CAM needs a convolutional backbone (ResNet, EfficientNet, ConvNeXt); this model is a ViT"
+
+
+class GradCamUnavailable(ProjectError):
+    pass
 
 
 def grad_cam(model: MelanomaNet, image: torch.Tensor) -> np.ndarray:
@@ -17,9 +24,9 @@ def grad_cam(model: MelanomaNet, image: torch.Tensor) -> np.ndarray:
     """
     store = {}
     device = next(model.parameters()).device
-    handle = model.backbone.layer4.register_forward_hook(
-        lambda module, inputs, output: store.update(a=output)
-    )
+    if model.cam_layer() is None:
+        raise GradCamUnavailable(NO_CAM)
+    handle = model.cam_layer().register_forward_hook(lambda module, inputs, output: store.update(a=output))
     try:
         with torch.enable_grad():
             logit = model(image[None].to(device))

@@ -48,6 +48,7 @@ from src.data.metadata import invalid_ages_note, read_metadata, split_groups, te
 from src.data.transforms import load_input
 from src.errors import command
 from src.inference.archive import PART_ROWS, Parts, batches_by_part, inputs_digest, score_parts
+from src.inference.gradcam import NO_CAM
 from src.inference.predictor import Scorer, load_scorer
 
 # One row of predictions.csv (the image model's answer; --context adds its own columns).
@@ -114,7 +115,7 @@ def score_rows(
     paths = rows["path"].where(present, "").tolist()
     gate = predictor.quality_gate
     loader = make_loader(
-        ImageDataset(paths, np.zeros(len(rows)), predictor.img_size, gate),
+        ImageDataset(paths, np.zeros(len(rows)), predictor.input, gate),
         batch_size,
         workers=default_workers(workers, dist.local_processes()),
         pin_memory=predictor.kind == "pytorch" and predictor.rt.device.type == "cuda",
@@ -223,7 +224,7 @@ def write_explanations(predictor: Scorer, rows: pd.DataFrame, results: pd.DataFr
         list(zip(rows["image_name"], rows["path"], results["error"], strict=True)), desc="grad-cam"
     ):
         if not error:
-            image = load_input(path, predictor.img_size)
+            image = load_input(path, predictor.input)
             atomic_write_bytes(
                 folder / f"{name}_gradcam.png", overlay_png(image, grad_cam(predictor.model, image))
             )
@@ -282,6 +283,8 @@ def predict(args, rank: int, world: int, local_rank: int) -> int:
     tta = predictor.views(args.tta)
     if args.explain and predictor.kind != "pytorch":  # before any work, not after the CSV
         raise DataError("--explain needs a PyTorch checkpoint (.pth): Grad-CAM uses gradients")
+    if args.explain and predictor.model.cam_layer() is None:
+        raise DataError(f"--explain: {NO_CAM}")
     rows = list_inputs(args.input, args.images)
     context = ContextModel.load(args.context) if args.context else None
     parts = open_parts(args, predictor, rows, tta, rank)

@@ -30,7 +30,7 @@ from src.core.metrics import calibrated
 from src.core.runtime import Runtime
 from src.data.images import decode_bytes
 from src.data.quality import check, decode_measured_bytes
-from src.data.transforms import dihedral_views, preprocess
+from src.data.transforms import InputSpec, dihedral_views, preprocess
 
 ONNX_INPUT = "images"  # float32 (N, 3, S, S), RGB 0..255; normalisation is inside the graph
 
@@ -108,7 +108,7 @@ class Scorer:
             reason = check(self.quality_gate, values)
         else:
             rgb = decode_bytes(data, self.img_size, name)
-        logits, unfamiliarity = self.member_scores(preprocess(rgb, self.img_size)[None], tta)
+        logits, unfamiliarity = self.member_scores(preprocess(rgb, self.input)[None], tta)
         if unfamiliarity is not None:
             reason = str(reasons_with_familiarity([reason or ""], unfamiliarity)[0])
         return logits[:, 0], reason
@@ -195,7 +195,7 @@ class Predictor(Scorer):
             )
 
     def _settings(self, s: dict) -> None:
-        self.arch, self.img_size = s["arch"], s["img_size"]
+        self.arch, self.img_size, self.input = s["arch"], s["img_size"], InputSpec.of(s)
         self.threshold = float(s.get("threshold", 0.5))
         self.temperature, self.bias = float(s.get("temperature", 1.0)), float(s.get("logit_bias", 0.0))
         self.calibrated_on, self.calibrated_at = s.get("calibrated_on"), s.get("calibrated_at")
@@ -257,11 +257,13 @@ class Ensemble(Scorer):
         spec = read_ensemble(self.path)
         self.members = [self._member(name, threads, local_rank) for name in spec["members"]]
         self.models = len(self.members)
-        sizes = {m.img_size for m in self.members}
-        if len(sizes) != 1:
-            raise CheckpointError(f"{self.path}: the members take different image sizes ({sorted(sizes)})")
+        inputs = {m.input for m in self.members}
+        if len(inputs) != 1:
+            raise CheckpointError(
+                f"{self.path}: the members prepare images differently ({sorted(map(str, inputs))})"
+            )
         first = self.members[0]
-        self.img_size, self.arch, self.model = first.img_size, first.arch, None
+        self.img_size, self.input, self.arch, self.model = first.img_size, first.input, first.arch, None
         self.rt = getattr(first, "rt", None)  # ONNX members have none
         self.kind = "ensemble"  # Grad-CAM needs one PyTorch model: refused, as for ONNX
         self.threshold, self.temperature, self.bias = (

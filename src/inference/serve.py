@@ -541,7 +541,7 @@ def score_patient(member_logits: list[np.ndarray], metas: list[dict], reasons: l
 @api.post("/explain", responses={200: {"content": {"image/png": {}}}})
 def explain(file: UploadFile = File(..., description="JPEG or PNG image")):
     from src.data.transforms import load_input_bytes
-    from src.inference.gradcam import grad_cam, overlay_png
+    from src.inference.gradcam import NO_CAM, grad_cam, overlay_png
 
     data = read_image_upload(file)
     predictor = api.state.predictor
@@ -549,9 +549,11 @@ def explain(file: UploadFile = File(..., description="JPEG or PNG image")):
         raise HTTPException(
             409, "Grad-CAM needs a PyTorch checkpoint (.pth); this service runs an ONNX model"
         )
+    if predictor.model.cam_layer() is None:
+        raise HTTPException(409, NO_CAM)
     try:
         with api.state.lock:  # decoding too: eight concurrent 49 MP decodes would take 2 GB at once
-            image = load_input_bytes(data, predictor.img_size, "upload")
+            image = load_input_bytes(data, predictor.input, "upload")
             png = overlay_png(image, grad_cam(predictor.model, image))
     except ImageDecodeError as e:
         raise decode_error(e) from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -61,22 +62,74 @@ def _check_finite(loss_sum: torch.Tensor, epoch: int, step: int) -> None:
         raise NonFiniteLoss(f"the training loss became {total} in epoch {epoch + 1} by step {step + 1}")
 
 
-def _backward_and_step(loss: torch.Tensor, optimizer, scaler: torch.amp.GradScaler | None) -> None:
-    """One optimizer step; fp16 autocast needs the gradient scaler, bf16 and fp32 do not."""
-    optimizer.zero_grad(set_to_none=True)
+@dataclass
+class StepOptions:
+    """How a batch becomes an optimizer step (train.py's GRAD_CLIP, ACCUMULATE_STEPS, LABEL_SMOOTHING)."""
+
+    grad_clip: float = 0.0  # > 0: clip the global gradient norm to this
+    accumulate: int = 1  # batches whose gradients add up to one step
+    label_smoothing: float = 0.0  # targets pulled towards 0.5 by this share
+
+
+class WeightAverage:
+    """An exponential moving average of the bare model's weights (and buffers), updated after each
+    optimizer step; validated and saved as the model when EMA_DECAY > 0 (timm's ModelEmaV3 idea,
+    with torch's own AveragedModel)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        self.source = model
+        self.averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.averaged.module
+
+    def update(self) -> None:
+        self.averaged.update_parameters(self.source)
+
+
+def _step(optimizer, scaler: torch.amp.GradScaler | None, grad_clip: float) -> None:
+    """One optimizer step from the summed gradients; fp16 autocast needs the gradient scaler (its
+    gradients are unscaled before clipping), bf16 and fp32 do not."""
+    if grad_clip > 0:
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
     if scaler is None:
-        loss.backward()
         optimizer.step()
-        return
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def optimizer_steps(batches: int, accumulate: int) -> int:
+    """Optimizer steps in an epoch of `batches` (the last, shorter group still steps)."""
+    return -(-batches // accumulate)
 
 
 def train_one_epoch(
-    model, loader, optimizer, scheduler, loss_fn, rt: Runtime, epoch: int, seed: int, max_steps: int = 0
+    model,
+    loader,
+    optimizer,
+    scheduler,
+    loss_fn,
+    rt: Runtime,
+    epoch: int,
+    seed: int,
+    max_steps: int = 0,
+    options: StepOptions | None = None,
+    ema: WeightAverage | None = None,
+    on_progress=None,
 ) -> dict:
+    """One pass over `loader` (at most max_steps batches); on_progress(step, loss, images/s) is
+    called with the running figures every LOG_EVERY steps (the TensorBoard log)."""
+    options = options or StepOptions()
     model.train()
+    optimizer.zero_grad(set_to_none=True)
     # Augmentation randomness from (seed, epoch) alone: a resumed run repeats it exactly.
     gen = torch.Generator(device=rt.device).manual_seed(seed * 1009 + epoch)
     sums = torch.zeros(3, device=rt.device, dtype=torch.float64)  # loss * n, correct, n
@@ -102,17 +155,23 @@ def train_one_epoch(
         w = ok.to(rt.device, non_blocking=True).float()  # a failed decode weighs nothing
         with rt.autocast():
             logits = model(x).float()
-        loss = (loss_fn(logits, y) * w).sum() / w.sum().clamp(min=1.0)
-        _backward_and_step(loss, optimizer, rt.scaler)
-        scheduler.step()
+        soft = y * (1 - options.label_smoothing) + options.label_smoothing / 2
+        loss = (loss_fn(logits, soft) * w).sum() / w.sum().clamp(min=1.0)
+        scaled = loss / options.accumulate
+        (scaled if rt.scaler is None else rt.scaler.scale(scaled)).backward()
+        if (step + 1) % options.accumulate == 0 or step + 1 == total:
+            _step(optimizer, rt.scaler, options.grad_clip)
+            scheduler.step()
+            if ema is not None:
+                ema.update()
         sums += torch.stack([loss.detach() * w.sum(), (((logits > 0) == (y > 0.5)) * w).sum(), w.sum()])
         if step % LOG_EVERY == 0:
             _check_finite(sums[0], epoch, step)
             seen = sums[2].item() * rt.world_size
-            bar.set_postfix(
-                loss=f"{sums[0].item() / max(sums[2].item(), 1):.4f}",
-                img_s=f"{seen / (time.perf_counter() - start):.0f}",
-            )
+            running, speed = sums[0].item() / max(sums[2].item(), 1), seen / (time.perf_counter() - start)
+            bar.set_postfix(loss=f"{running:.4f}", img_s=f"{speed:.0f}")
+            if on_progress is not None:
+                on_progress(step, running, speed)
     _check_finite(sums[0], epoch, step)
     sums = dist.all_reduce_sum(sums)
     seconds = time.perf_counter() - start

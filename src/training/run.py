@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from src.core.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint, versions
-from src.data.atomic import atomic_write_json, remove_stale_temporaries
+from src.data.atomic import atomic_write_json, atomic_write_text, remove_stale_temporaries
 from src.data.splits import SplitError, read_split, split_digest, write_split
 from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from src.errors import ProjectError
@@ -30,6 +30,11 @@ from src.training.report import plot_training_curves
 
 SPLIT_FILE = "split.csv"
 BEST_FILE = "best.pth"  # a stable name for the best epoch's checkpoint, for every later command
+
+
+# summary.csv: one row per epoch beside training_history.json, for a spreadsheet or `tail -f`
+SUMMARY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_auc", "val_pauc", "val_sensitivity"]
+SUMMARY_COLUMNS += ["val_specificity", "lr", "seconds", "train_images_per_s", "skipped_files"]
 
 
 class RunExists(ProjectError):
@@ -97,12 +102,18 @@ class RunDir:
             write_split(split, path)
         return split
 
-    def restore(self, model, optimizer, scheduler, scaler, device) -> tuple[int, list, dict]:
-        """Model, optimizer, scheduler, scaler and RNG state from last.pth: (epochs done, history, best)."""
+    def restore(self, model, optimizer, scheduler, scaler, device, ema=None) -> tuple[int, list, dict]:
+        """Model, optimizer, scheduler, scaler, weight average and RNG state from last.pth:
+        (epochs done, history, best). With EMA, model_state is the average (what is evaluated) and
+        training_model_state the weights being trained."""
         ckpt = load_checkpoint(self.path / "last.pth", map_location=device)
         if ckpt.get("optimizer") is None:
             raise CheckpointError(f"{self.path / 'last.pth'} has no optimizer state; cannot resume from it")
-        model.load_state_dict(ckpt["model_state"])
+        if (ema is None) != (ckpt.get("ema_state") is None):
+            raise CheckpointError(f"{self.path / 'last.pth'}: EMA_DECAY must stay as the run started")
+        model.load_state_dict(ckpt.get("training_model_state", ckpt["model_state"]))
+        if ema is not None:
+            ema.averaged.load_state_dict(ckpt["ema_state"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         if scaler is not None and ckpt.get("scaler"):
@@ -117,13 +128,15 @@ class RunDir:
             )
         return ckpt["epoch"], list(ckpt["history"]), dict(ckpt["best"])
 
-    def save_epoch(self, model, optimizer, scheduler, scaler, epoch: int, history: list, best: dict) -> None:
+    def save_epoch(self, model, optimizer, scheduler, scaler, epoch, history, best, ema=None) -> None:
         """Best checkpoint (if this epoch is best), then last.pth, then the history and its plot. A Ctrl-C
-        meanwhile waits until all of them are written: the run then stops with a consistent folder."""
+        meanwhile waits until all of them are written: the run then stops with a consistent folder.
+        With a weight average (ema) it is the model saved for inference; last.pth keeps both."""
         with interrupts_deferred():
-            self._save_epoch(model, optimizer, scheduler, scaler, epoch, history, best)
+            self._save_epoch(model, optimizer, scheduler, scaler, epoch, history, best, ema)
 
-    def _save_epoch(self, model, optimizer, scheduler, scaler, epoch: int, history: list, best: dict) -> None:
+    def _save_epoch(self, model, optimizer, scheduler, scaler, epoch, history, best, ema) -> None:
+        trained, model = model, (ema.module if ema is not None else model)
         record = history[-1]
         if best.get("epoch") == epoch + 1:
             path = self.path / f"best_model_epoch{epoch + 1}.pth"
@@ -142,6 +155,11 @@ class RunDir:
                 "rng": rng_state(),
                 "history": history,
                 "best": best,
+                **(
+                    {"training_model_state": trained.state_dict(), "ema_state": ema.averaged.state_dict()}
+                    if ema is not None
+                    else {}
+                ),
             }
         )
         save_checkpoint(last, self.path / "last.pth")
@@ -154,6 +172,8 @@ class RunDir:
             "format": FORMAT,
             "arch": self.c.ARCH,
             "img_size": self.c.IMG_SIZE,
+            "input_fit": self.c.INPUT_FIT,
+            "colour_constancy": self.c.COLOUR_CONSTANCY,
             "mean": list(IMAGENET_MEAN),
             "std": list(IMAGENET_STD),
             "threshold": 0.5,
@@ -183,6 +203,10 @@ class RunDir:
                 "split_file": SPLIT_FILE,
             },
         )
+        summary = pd.DataFrame(
+            [{k: r.get(k) for k in SUMMARY_COLUMNS} for r in history], columns=SUMMARY_COLUMNS
+        )
+        atomic_write_text(self.path / "summary.csv", summary.to_csv(index=False))
 
 
 def link_as(source: Path, name: Path) -> None:
@@ -218,3 +242,31 @@ def rng_state() -> dict:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+class TensorBoardLog:
+    """TENSORBOARD=True: CHECKPOINT_DIR/tensorboard/ gets the loss, learning rate and images/s every
+    LOG_EVERY steps and the validation metrics every epoch (`tensorboard --logdir CHECKPOINT_DIR`),
+    so a long run can be watched from another machine. Rank 0 only."""
+
+    def __init__(self, folder: Path):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(folder / "tensorboard"))
+
+    def step(self, step: int, loss: float, lr: float, images_per_s: float) -> None:
+        for name, value in (("train/loss", loss), ("train/lr", lr), ("train/images_per_s", images_per_s)):
+            self.writer.add_scalar(name, value, step)
+
+    def progress(self, first_step: int, scheduler):
+        """engine.train_one_epoch's on_progress for an epoch that starts at global step first_step."""
+        return lambda i, loss, speed: self.step(first_step + i, loss, scheduler.get_last_lr()[-1], speed)
+
+    def epoch(self, record: dict) -> None:
+        for key in SUMMARY_COLUMNS[1:]:
+            if isinstance(record.get(key), (int, float)):
+                self.writer.add_scalar(f"epoch/{key}", record[key], record["epoch"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()

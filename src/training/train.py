@@ -18,6 +18,7 @@ src/data/loader.py (the Dataset) and src/data/transforms.py (preprocessing and a
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import random
 import sys
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 
 from src.core import distributed as dist
-from src.core.model import ARCHITECTURES, IMG_SIZE_RANGE, build_model
+from src.core.model import ARCHITECTURES, IMG_SIZE_RANGE, build_model, size_problem
 from src.core.runtime import Runtime
 from src.data.dedup import fingerprints, stored_near_pairs
 from src.data.demo import is_current as demo_is_current
@@ -37,16 +38,20 @@ from src.data.labels import DataError, load_labeled_images
 from src.data.loader import EpochSampler, ImageDataset, default_workers, make_loader
 from src.data.metadata import MALIGNANT_POLICIES
 from src.data.splits import folds_for_fraction, grouping_description, make_split, merge_summary
+from src.data.transforms import FITS, InputSpec
 from src.errors import command, error_line
 from src.training.config import ConfigError, apply_overrides
 from src.training.engine import (
     IMBALANCE_CHOICES,
     NonFiniteLoss,
+    StepOptions,
+    WeightAverage,
     make_loss,
+    optimizer_steps,
     train_one_epoch,
     validate,
 )
-from src.training.run import RunDir
+from src.training.run import RunDir, TensorBoardLog
 
 _NAMES_BEFORE_SETTINGS = set(globals())
 # --------------------------------------------------------------------------------------------- settings
@@ -64,9 +69,11 @@ SEED = 42  # split, initialisation, shuffling and augmentation
 SELECT_BY = "auc"  # best epoch by validation "auc" (ROC AUC) or "pauc" (ISIC 2024 partial AUC, TPR >= 0.8)
 MERGE_NEAR_DUPLICATES = True  # keep pixel-level near-copies (src/data/dedup.py) on one side of the split
 # model and optimisation
-ARCH = "resnet50"  # resnet18 / resnet34 / resnet50 / resnet101
+ARCH = "resnet50"  # resnet18-101, efficientnet_b0-b7, convnext_tiny-large, vit_b_16 (torchvision)
 PRETRAINED = True  # ImageNet weights (torch cache or download); False: random init
 IMG_SIZE = 224  # input side in pixels
+INPUT_FIT = "crop"  # "crop": short side to IMG_SIZE, centre crop; "pad": the whole image, black borders
+COLOUR_CONSTANCY = False  # Shades of Gray white balance of every image (train, evaluate, predict, serve)
 BATCH_SIZE = 32  # per GPU / process
 LEARNING_RATE = 0.001  # peak rate of the new head (AdamW)
 BACKBONE_LR_SCALE = 0.1  # the pretrained backbone learns at LEARNING_RATE * this
@@ -76,6 +83,10 @@ NUM_EPOCHS = 3  # passes over the training split
 IMBALANCE = "weighted_bce"  # "weighted_bce" (pos_weight = benign/melanoma), "focal", "sampler", "none"
 NEGATIVES_PER_POSITIVE = 0  # > 0: an epoch is every melanoma and this many times as many fresh benign images
 FOCAL_GAMMA = 2.0  # focusing strength when IMBALANCE = "focal"
+EMA_DECAY = 0.0  # > 0: moving average of the weights (e.g. 0.999), validated and saved as the model
+GRAD_CLIP = 0.0  # > 0: clip the global gradient norm to this
+ACCUMULATE_STEPS = 1  # batches per optimizer step: an effective batch of BATCH_SIZE x this
+LABEL_SMOOTHING = 0.0  # targets pulled towards 0.5 by this share (0.1: 0 -> 0.05, 1 -> 0.95)
 # speed
 NUM_WORKERS = -1  # DataLoader processes; -1: three quarters of the CPU cores, at most 12
 PREFETCH_FACTOR = 4  # batches each worker prepares ahead
@@ -84,7 +95,8 @@ CHANNELS_LAST = True  # CUDA: NHWC memory layout (faster convolutions on tensor 
 COMPILE = False  # torch.compile the model (slower first epoch, faster after)
 MAX_STEPS_PER_EPOCH = 0  # > 0: cut each epoch short (smoke tests)
 # outputs
-CHECKPOINT_DIR = "checkpoints"  # where checkpoints, history and split go
+CHECKPOINT_DIR = "checkpoints"  # where checkpoints, history, summary.csv and split go
+TENSORBOARD = False  # also log to CHECKPOINT_DIR/tensorboard/ (needs `pip install tensorboard`)
 RESUME = False  # continue the run in CHECKPOINT_DIR from last.pth
 OVERWRITE = False  # allow replacing a finished or interrupted run in CHECKPOINT_DIR
 # ----------------------------------------------------------------------------------------- end settings
@@ -134,27 +146,37 @@ def fit(c, rank: int, world: int, local_rank: int) -> int:
             table, c.VAL_FRACTION, c.FOLD, c.SEED, c.NUM_FOLDS, near_duplicates(table, c, rank)
         ),
     )
-    model = build_model(c.ARCH, c.PRETRAINED).to(rt.device)
+    model = build_model(c.ARCH, c.PRETRAINED, c.IMG_SIZE).to(rt.device)
     model = model.to(memory_format=torch.channels_last) if rt.channels_last else model
     train_loader, val_loader, sampler, loss_fn, names = make_loaders(table, split, c, rt)
     steps = min(len(train_loader), c.MAX_STEPS_PER_EPOCH) if c.MAX_STEPS_PER_EPOCH else len(train_loader)
-    optimizer, scheduler = make_optimizer(model, c, steps)
+    optimizer, scheduler = make_optimizer(model, c, optimizer_steps(steps, c.ACCUMULATE_STEPS))
+    ema = WeightAverage(model, c.EMA_DECAY) if c.EMA_DECAY > 0 else None
+    options = StepOptions(c.GRAD_CLIP, c.ACCUMULATE_STEPS, c.LABEL_SMOOTHING)
     start, history, best = (0, [], {})
     if c.RESUME:
-        start, history, best = run.restore(model, optimizer, scheduler, rt.scaler, rt.device)
+        start, history, best = run.restore(model, optimizer, scheduler, rt.scaler, rt.device, ema)
     net = training_wrapper(model, c, rt, world, local_rank)
+    board = TensorBoardLog(run.path) if c.TENSORBOARD and rank == 0 else None
     for epoch in range(start, c.NUM_EPOCHS):
         sampler.set_epoch(epoch)
-        train = train_one_epoch(net, train_loader, optimizer, scheduler, loss_fn, rt, epoch, c.SEED, steps)
+        watch = board.progress(epoch * steps, scheduler) if board else None
+        train = train_one_epoch(
+            net, train_loader, optimizer, scheduler, loss_fn, rt, epoch, c.SEED, steps, options, ema, watch
+        )
         dist.sync_buffers(model)
-        val = validate(model, val_loader, rt)
+        val = validate(ema.module if ema else model, val_loader, rt)
         history.append(epoch_record(epoch, train, val, scheduler.get_last_lr()[-1], names))
         print_epoch(history[-1], c.NUM_EPOCHS, rank)
+        if board:
+            board.epoch(history[-1])
         if not best or best_key(history[-1], c.SELECT_BY) > best_key(best, c.SELECT_BY):
             best = {**history[-1]}
         if rank == 0:
-            run.save_epoch(model, optimizer, scheduler, rt.scaler, epoch, history, best)
+            run.save_epoch(model, optimizer, scheduler, rt.scaler, epoch, history, best, ema)
         dist.barrier()
+    if board:
+        board.close()
     auc = "n/a" if best.get("val_auc") is None else f"{best['val_auc']:.4f}"
     pauc = "" if c.SELECT_BY == "auc" or best.get("val_pauc") is None else f", pAUC {best['val_pauc']:.4f}"
     log(
@@ -195,7 +217,11 @@ def check_settings(c) -> None:
     """Every setting, checked before any data is read or file written: a typo costs a second, not an epoch."""
     size_range = f"{IMG_SIZE_RANGE[0]}..{IMG_SIZE_RANGE[1]}"
     rules = [
-        (c.ARCH in ARCHITECTURES, f"ARCH must be one of {ARCHITECTURES}, not {c.ARCH!r}"),
+        (c.ARCH in ARCHITECTURES, f"ARCH must be one of {', '.join(ARCHITECTURES)}, not {c.ARCH!r}"),
+        (
+            c.ARCH not in ARCHITECTURES or not size_problem(c.ARCH, c.IMG_SIZE),
+            size_problem(c.ARCH, c.IMG_SIZE),
+        ),
         (IMG_SIZE_RANGE[0] <= c.IMG_SIZE <= IMG_SIZE_RANGE[1], f"IMG_SIZE must be in {size_range}"),
         (c.BATCH_SIZE >= 1, "BATCH_SIZE must be at least 1"),
         (c.NUM_EPOCHS >= 1, "NUM_EPOCHS must be at least 1"),
@@ -209,6 +235,11 @@ def check_settings(c) -> None:
             f"IMBALANCE must be one of {IMBALANCE_CHOICES}, not {c.IMBALANCE!r}",
         ),
         (c.NEGATIVES_PER_POSITIVE >= 0, "NEGATIVES_PER_POSITIVE cannot be negative"),
+        (0 <= c.EMA_DECAY < 1, "EMA_DECAY must be in [0, 1): 0 is off, 0.999 a typical average"),
+        (c.GRAD_CLIP >= 0, "GRAD_CLIP cannot be negative (0 is off)"),
+        (c.ACCUMULATE_STEPS >= 1, "ACCUMULATE_STEPS must be at least 1"),
+        (c.INPUT_FIT in FITS, f"INPUT_FIT must be one of {FITS}, not {c.INPUT_FIT!r}"),
+        (0 <= c.LABEL_SMOOTHING < 1, "LABEL_SMOOTHING must be in [0, 1)"),
         (
             not (c.NEGATIVES_PER_POSITIVE and c.IMBALANCE == "sampler"),
             'NEGATIVES_PER_POSITIVE and IMBALANCE="sampler" both choose what an epoch holds: use one',
@@ -226,6 +257,8 @@ def check_settings(c) -> None:
         ),
     ]
     problems = [message for ok, message in rules if not ok]
+    if c.TENSORBOARD and importlib.util.find_spec("tensorboard") is None:
+        problems.append("TENSORBOARD=True needs the tensorboard package: pip install tensorboard")
     folds = c.NUM_FOLDS or (folds_for_fraction(c.VAL_FRACTION) if 0 < c.VAL_FRACTION < 1 else 1)
     if not problems and not 0 <= c.FOLD < folds:
         problems.append(f"FOLD must be in 0..{folds - 1}")
@@ -288,8 +321,9 @@ def make_loaders(table, split, c, rt: Runtime):
         negatives_per_positive=c.NEGATIVES_PER_POSITIVE,
     )
     workers, pin = default_workers(c.NUM_WORKERS), rt.device.type == "cuda"
-    train_ds = ImageDataset(train["path"], train["target"], c.IMG_SIZE)
-    val_ds = ImageDataset(val["path"], val["target"], c.IMG_SIZE)
+    spec = InputSpec(c.IMG_SIZE, c.INPUT_FIT, c.COLOUR_CONSTANCY)
+    train_ds = ImageDataset(train["path"], train["target"], spec)
+    val_ds = ImageDataset(val["path"], val["target"], spec)
     val_shard = list(range(rt.rank, len(val_ds), rt.world_size))  # each rank a share, gathered after
     train_loader = make_loader(
         train_ds,

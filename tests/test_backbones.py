@@ -26,6 +26,7 @@ CASES = {
     "convnext_tiny": ["--ARCH=convnext_tiny"],
     "vit_b_16": ["--ARCH=vit_b_16"],
     "resnet18, padded and colour-balanced": ["--INPUT_FIT=pad", "--COLOUR_CONSTANCY=True"],
+    "resnet18, diagnosis target": ["--TARGET=diagnosis", "--IMBALANCE=focal", "--LABEL_SMOOTHING=0.1"],
 }
 
 
@@ -39,6 +40,8 @@ def test_each_family_and_input_option_trains_predicts_exports_and_serves_alike(c
     model, ckpt = load_model(best)
     arch, spec = ckpt["arch"], InputSpec.of(ckpt)
     assert model.head.in_features == FEATURE_SIZES[arch] and spec.size == 32
+    if "--TARGET=diagnosis" in CASES[case]:  # a softmax over the demo's diagnoses, melanoma first
+        assert ckpt["classes"][0] == "melanoma" and model.head.out_features == len(ckpt["classes"]) >= 2
     names = sorted(p.stem for p in demo_dir.glob("*.jpg"))[:4]
     x = torch.stack([load_input(str(demo_dir / f"{n}.jpg"), spec) for n in names])
     with torch.no_grad():

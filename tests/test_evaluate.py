@@ -243,3 +243,22 @@ def test_report_on_real_isic2020_rows_with_missing_age_sex_and_site(trained_run,
         report["set"]["images"] == len(rows)
         and "| age band: unknown |" in (tmp_path / "out" / "report.md").read_text()
     )
+
+
+@needs_shared
+def test_fitzpatrick_skin_type_is_read_when_present_and_reported_as_a_subgroup(tmp_path):
+    """Newer ISIC Archive metadata has fitzpatrick_skin_type (I-VI); the shared real export has not,
+    so the column is added to it here, empty for some rows (those form 'unknown')."""
+    import pandas as pd
+
+    from src.data.metadata import read_metadata
+    from src.training.evaluate import subgroup_values
+
+    raw = pd.read_csv(SHARED / "isic_cli_metadata" / "metadata.csv", dtype=str, keep_default_na=False)
+    raw["fitzpatrick_skin_type"] = (["II", "iii", "", "V"] * len(raw))[: len(raw)]
+    raw.to_csv(tmp_path / "metadata.csv", index=False)
+    table = read_metadata(tmp_path / "metadata.csv").table
+    values = subgroup_values(table)["Fitzpatrick skin type"]
+    assert set(values) == {"II", "III", "V", "unknown"} and len(values) == len(table)
+    plain = read_metadata(SHARED / "isic_cli_metadata" / "metadata.csv").table
+    assert "skin_type" not in plain and "Fitzpatrick skin type" not in subgroup_values(plain)

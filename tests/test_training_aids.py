@@ -64,3 +64,25 @@ def test_every_aid_trains_and_the_run_writes_its_summary_and_tensorboard_log(dem
 def test_a_bad_aid_setting_is_refused_before_any_work(setting, message, tmp_path):
     r = run_script(*tiny_train_args(tmp_path / "none", tmp_path / "run", 1, setting))
     assert r.returncode != 0 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_diagnoses_get_one_name_across_formats_and_melanoma_is_read_from_the_softmax():
+    from src.core.model import MelanomaNet
+    from src.data.metadata import diagnosis_classes, diagnosis_names
+
+    table = pd.DataFrame(
+        {
+            "diagnosis": ["MEL", "NV", "nv", "akiec", "seborrheic keratosis", "", "unknown", "nevus"],
+            "target": [1, 0, 0, 0, 0, 0, 0, 1],  # the last: the target says melanoma, and it wins
+        }
+    )
+    names = diagnosis_names(table).tolist()
+    assert names == ["melanoma", "nevus", "nevus", "actinic keratosis", "seborrheic keratosis",
+                     "unknown", "unknown", "melanoma"]  # fmt: skip
+    classes = diagnosis_classes(table)
+    assert classes[0] == "melanoma" and set(classes) == set(names) and len(classes) == 5
+    model = MelanomaNet("resnet18", classes=classes).eval()
+    x = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        p = model(x, all_classes=True).softmax(1)[:, 0]
+        assert torch.allclose(torch.sigmoid(model(x)), p, atol=1e-6)

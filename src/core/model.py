@@ -47,6 +47,12 @@ class WeightsUnavailable(ProjectError, RuntimeError):
     pass
 
 
+def melanoma_logit(out: torch.Tensor, k: int) -> torch.Tensor:
+    """(N, C) diagnosis logits -> (N,) melanoma logits: log p(class k) - log(1 - p(class k))."""
+    others = torch.cat([out[:, :k], out[:, k + 1 :]], dim=1)
+    return out[:, k] - torch.logsumexp(others, dim=1)
+
+
 def family(arch: str) -> str:
     return arch.split("_")[0].rstrip("0123456789")
 
@@ -96,17 +102,13 @@ class MelanomaNet(nn.Module):
         """(N, 3, H, W) images in 0..255 -> (N, C) head outputs (C = 1 for the melanoma target)."""
         return self.backbone((x.float() - self.mean) / self.std)
 
-    def melanoma_logit(self, out: torch.Tensor) -> torch.Tensor:
-        """(N, C) head outputs -> (N,) melanoma logits."""
-        if self.classes is None:
-            return out.squeeze(1)
-        k = self.melanoma_index
-        others = torch.cat([out[:, :k], out[:, k + 1 :]], dim=1)
-        return out[:, k] - torch.logsumexp(others, dim=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) images in 0..255 -> (N,) melanoma logits."""
-        return self.melanoma_logit(self.class_logits(x))
+    def forward(self, x: torch.Tensor, all_classes: bool = False) -> torch.Tensor:
+        """(N, 3, H, W) images in 0..255 -> (N,) melanoma logits (all_classes: the (N, C) outputs the
+        diagnosis target trains on)."""
+        out = self.class_logits(x)
+        if all_classes:
+            return out
+        return out.squeeze(1) if self.classes is None else melanoma_logit(out, self.melanoma_index)
 
     def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N,) logits and (N, D) pooled features, the head's input (src/core/familiarity.py)."""

@@ -41,6 +41,9 @@ COLUMNS = [
     "diagnosis",
     "source",
 ]
+# Columns only some formats have: the newer ISIC Archive metadata's Fitzpatrick skin type (I-VI),
+# reported as an evaluation subgroup.
+OPTIONAL_COLUMNS = ["skin_type"]
 # ISIC 2024 measurements from the 3D total-body photograph, kept (as numbers) for the context stage.
 # Only columns present in the official test-metadata.csv: what prediction will have too.
 NON_MEASUREMENTS = {"tbp_lv_location", "tbp_lv_location_simple", "tbp_lv_dnn_lesion_confidence"}
@@ -110,7 +113,7 @@ TEXT_COLUMNS_READ = {
     "isic2024": ["isic_id", "target", "patient_id", "lesion_id", "sex", "age_approx", "anatom_site_general"]
     + ["iddx_1", "iddx_2", "iddx_3"],
     "isic_archive": ["isic_id", "patient_id", "lesion_id", "sex", "age_approx", "anatom_site_general"]
-    + ["diagnosis_1", "diagnosis_2", "diagnosis_3", "benign_malignant", "diagnosis"],
+    + ["diagnosis_1", "diagnosis_2", "diagnosis_3", "benign_malignant", "diagnosis", "fitzpatrick_skin_type"],
 }
 TEXT_COLUMNS_READ["isic2024_unlabeled"] = TEXT_COLUMNS_READ["isic2024"]
 
@@ -211,7 +214,8 @@ def _read_one(path: Path, policy: str, require_labels: bool):
     dropped = {reason: int((table["_drop"] == reason).sum()) for reason in table["_drop"].unique() if reason}
     table = table[table["_drop"] == ""].drop(columns=["_drop", "_malignant"]).reset_index(drop=True)
     _check_unique_ids(table, path)
-    return table[COLUMNS + measurement_columns(table.columns)], fmt, dropped, other_malignant, invalid_ages
+    kept = COLUMNS + [c for c in OPTIONAL_COLUMNS if c in table] + measurement_columns(table.columns)
+    return table[kept], fmt, dropped, other_malignant, invalid_ages
 
 
 def _read_used_columns(path: Path, fmt: str, header: list[str]) -> pd.DataFrame:
@@ -355,8 +359,10 @@ def _parse_archive(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
             f"Columns found: {read_header(path)}"
         )
     site = _column(raw, "anatom_site_general")
+    skin = {"skin_type": _column(raw, "fitzpatrick_skin_type")} if "fitzpatrick_skin_type" in raw else {}
     return pd.DataFrame(
         {
+            **skin,
             "image_name": raw["isic_id"].str.strip(),
             "target": target,
             "patient_id": _column(raw, "patient_id"),
@@ -509,3 +515,34 @@ def group_kinds(table: pd.DataFrame) -> np.ndarray:
     """What each row's split group is: "patient", "lesion" or "image" (see split_groups)."""
     patient, lesion = text(table["patient_id"]), text(table["lesion_id"])
     return np.where(patient != "", "patient", np.where(lesion != "", "lesion", "image"))
+
+
+# Diagnosis codes of ISIC 2019 and HAM10000, as the names the other formats use (TARGET="diagnosis").
+DIAGNOSIS_NAMES = {
+    "mel": "melanoma",
+    "nv": "nevus",
+    "bcc": "basal cell carcinoma",
+    "ak": "actinic keratosis",
+    "akiec": "actinic keratosis",
+    "bkl": "benign keratosis",
+    "df": "dermatofibroma",
+    "vasc": "vascular lesion",
+    "scc": "squamous cell carcinoma",
+    "unk": "unknown",
+    "": "unknown",
+}
+
+
+def diagnosis_names(table: pd.DataFrame) -> pd.Series:
+    """Each row's diagnosis, one name per kind across formats: "melanoma" wherever the target says
+    so (the label every metric uses), else the diagnosis column, codes written out, "unknown" when
+    empty (ISIC 2020 has 27,124 benign lesions of unknown diagnosis)."""
+    names = text(table["diagnosis"]).str.strip().str.lower()
+    names = names.map(lambda n: DIAGNOSIS_NAMES.get(n, n))
+    return names.where(table["target"].to_numpy() != 1, "melanoma")
+
+
+def diagnosis_classes(table: pd.DataFrame) -> tuple[str, ...]:
+    """The diagnosis target's classes: melanoma first, then the others by how often they occur."""
+    counts = diagnosis_names(table).value_counts()
+    return ("melanoma", *[n for n in counts.index if n != "melanoma"])

@@ -12,12 +12,14 @@ import math
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from src.core import distributed as dist
 from src.core.metrics import epoch_metrics, sigmoid
+from src.core.model import melanoma_logit
 from src.core.runtime import Runtime, predict
 from src.data.transforms import augment_batch
 from src.errors import ProjectError
@@ -41,18 +43,41 @@ def focal_loss(logits, targets, gamma: float = 2.0):
 IMBALANCE_CHOICES = ("weighted_bce", "focal", "sampler", "none")
 
 
-def make_loss(kind: str, pos_weight: float, gamma: float):
-    """Per-sample loss function for the IMBALANCE setting."""
-    if kind == "weighted_bce":
-        weight = torch.tensor(pos_weight)
-        return lambda z, y: F.binary_cross_entropy_with_logits(
-            z, y, pos_weight=weight.to(z.device), reduction="none"
+def make_loss(kind: str, pos_weight: float, gamma: float, smoothing: float = 0.0, class_counts=None):
+    """Per-sample loss function for the IMBALANCE setting: of (N,) melanoma logits and 0/1 targets,
+    or with class_counts (TARGET="diagnosis") of (N, C) class logits and class indices. For the
+    diagnoses, "weighted_bce" weighs each class by N / (C * its count), the same balance as
+    pos_weight; label smoothing pulls 0/1 targets towards 0.5, class targets towards uniform."""
+    if kind not in IMBALANCE_CHOICES:
+        raise ValueError(f"IMBALANCE must be one of {IMBALANCE_CHOICES}, not {kind!r}")
+    if class_counts is not None:
+        return diagnosis_loss(kind, gamma, smoothing, class_counts)
+    weight = torch.tensor(pos_weight) if kind == "weighted_bce" else None
+
+    def loss(z, y):
+        y = y * (1 - smoothing) + smoothing / 2
+        if kind == "focal":
+            return focal_loss(z, y, gamma)
+        return F.binary_cross_entropy_with_logits(
+            z, y, pos_weight=None if weight is None else weight.to(z.device), reduction="none"
         )
-    if kind == "focal":
-        return lambda z, y: focal_loss(z, y, gamma)
-    if kind in ("sampler", "none"):
-        return lambda z, y: F.binary_cross_entropy_with_logits(z, y, reduction="none")
-    raise ValueError(f"IMBALANCE must be one of {IMBALANCE_CHOICES}, not {kind!r}")
+
+    return loss
+
+
+def diagnosis_loss(kind: str, gamma: float, smoothing: float, class_counts):
+    counts = torch.as_tensor(np.asarray(class_counts, dtype=np.float64)).clamp(min=1)
+    weights = (counts.sum() / (len(counts) * counts)).float() if kind == "weighted_bce" else None
+
+    def loss(z, y):
+        w = None if weights is None else weights.to(z.device)
+        ce = F.cross_entropy(z, y.long(), weight=w, label_smoothing=smoothing, reduction="none")
+        if kind != "focal":
+            return ce
+        p_true = torch.softmax(z, dim=1).gather(1, y.long()[:, None])[:, 0]
+        return (1 - p_true) ** gamma * ce
+
+    return loss
 
 
 def _check_finite(loss_sum: torch.Tensor, epoch: int, step: int) -> None:
@@ -64,11 +89,11 @@ def _check_finite(loss_sum: torch.Tensor, epoch: int, step: int) -> None:
 
 @dataclass
 class StepOptions:
-    """How a batch becomes an optimizer step (train.py's GRAD_CLIP, ACCUMULATE_STEPS, LABEL_SMOOTHING)."""
+    """How a batch becomes an optimizer step (train.py's GRAD_CLIP, ACCUMULATE_STEPS, TARGET)."""
 
     grad_clip: float = 0.0  # > 0: clip the global gradient norm to this
     accumulate: int = 1  # batches whose gradients add up to one step
-    label_smoothing: float = 0.0  # targets pulled towards 0.5 by this share
+    melanoma_class: int | None = None  # TARGET="diagnosis": targets are class indices, this one melanoma
 
 
 class WeightAverage:
@@ -153,10 +178,11 @@ def train_one_epoch(
         x = rt.layout(augment_batch(rt.transfer(images), gen))  # augmentation returns NCHW
         y = targets.to(rt.device, non_blocking=True)
         w = ok.to(rt.device, non_blocking=True).float()  # a failed decode weighs nothing
+        k = options.melanoma_class
         with rt.autocast():
-            logits = model(x).float()
-        soft = y * (1 - options.label_smoothing) + options.label_smoothing / 2
-        loss = (loss_fn(logits, soft) * w).sum() / w.sum().clamp(min=1.0)
+            out = model(x, all_classes=k is not None).float()
+        loss = (loss_fn(out, y) * w).sum() / w.sum().clamp(min=1.0)
+        logits, y = (out, y) if k is None else (melanoma_logit(out, k), (y == k).float())
         scaled = loss / options.accumulate
         (scaled if rt.scaler is None else rt.scaler.scale(scaled)).backward()
         if (step + 1) % options.accumulate == 0 or step + 1 == total:

@@ -97,6 +97,8 @@ def subgroup_values(table: pd.DataFrame) -> dict[str, np.ndarray]:
         "anatomic site": text(table["anatom_site"]),
         "age band": text(bands),
     }
+    if "skin_type" in table and (text(table["skin_type"]) != "").any():  # newer ISIC Archive metadata
+        columns["Fitzpatrick skin type"] = text(table["skin_type"]).str.upper()
     return {name: values.replace("", UNKNOWN).to_numpy() for name, values in columns.items()}
 
 

@@ -179,6 +179,7 @@ class RunDir:
             "threshold": 0.5,
             "temperature": 1.0,
             "model_state": model.state_dict(),
+            **({"classes": list(model.classes)} if model.classes else {}),
             "config": dict(vars(self.c)),
             "epoch": epoch + 1,
             "metrics": record,

@@ -36,7 +36,7 @@ from src.data.demo import is_current as demo_is_current
 from src.data.demo import make_demo_dataset
 from src.data.labels import DataError, load_labeled_images
 from src.data.loader import EpochSampler, ImageDataset, default_workers, make_loader
-from src.data.metadata import MALIGNANT_POLICIES
+from src.data.metadata import MALIGNANT_POLICIES, diagnosis_classes, diagnosis_names
 from src.data.splits import folds_for_fraction, grouping_description, make_split, merge_summary
 from src.data.transforms import FITS, InputSpec
 from src.errors import command, error_line
@@ -80,6 +80,7 @@ BACKBONE_LR_SCALE = 0.1  # the pretrained backbone learns at LEARNING_RATE * thi
 WARMUP_EPOCHS = 0.5  # linear warm-up, then cosine decay to 0
 WEIGHT_DECAY = 0.01  # AdamW decoupled weight decay
 NUM_EPOCHS = 3  # passes over the training split
+TARGET = "melanoma"  # "melanoma" (one logit) or "diagnosis": a softmax over the diagnoses present
 IMBALANCE = "weighted_bce"  # "weighted_bce" (pos_weight = benign/melanoma), "focal", "sampler", "none"
 NEGATIVES_PER_POSITIVE = 0  # > 0: an epoch is every melanoma and this many times as many fresh benign images
 FOCAL_GAMMA = 2.0  # focusing strength when IMBALANCE = "focal"
@@ -146,13 +147,14 @@ def fit(c, rank: int, world: int, local_rank: int) -> int:
             table, c.VAL_FRACTION, c.FOLD, c.SEED, c.NUM_FOLDS, near_duplicates(table, c, rank)
         ),
     )
-    model = build_model(c.ARCH, c.PRETRAINED, c.IMG_SIZE).to(rt.device)
+    classes = diagnosis_classes(table) if c.TARGET == "diagnosis" else None
+    model = build_model(c.ARCH, c.PRETRAINED, c.IMG_SIZE, classes).to(rt.device)
     model = model.to(memory_format=torch.channels_last) if rt.channels_last else model
-    train_loader, val_loader, sampler, loss_fn, names = make_loaders(table, split, c, rt)
+    train_loader, val_loader, sampler, loss_fn, names = make_loaders(table, split, c, rt, classes)
     steps = min(len(train_loader), c.MAX_STEPS_PER_EPOCH) if c.MAX_STEPS_PER_EPOCH else len(train_loader)
     optimizer, scheduler = make_optimizer(model, c, optimizer_steps(steps, c.ACCUMULATE_STEPS))
     ema = WeightAverage(model, c.EMA_DECAY) if c.EMA_DECAY > 0 else None
-    options = StepOptions(c.GRAD_CLIP, c.ACCUMULATE_STEPS, c.LABEL_SMOOTHING)
+    options = StepOptions(c.GRAD_CLIP, c.ACCUMULATE_STEPS, 0 if classes else None)
     start, history, best = (0, [], {})
     if c.RESUME:
         start, history, best = run.restore(model, optimizer, scheduler, rt.scaler, rt.device, ema)
@@ -239,6 +241,7 @@ def check_settings(c) -> None:
         (c.GRAD_CLIP >= 0, "GRAD_CLIP cannot be negative (0 is off)"),
         (c.ACCUMULATE_STEPS >= 1, "ACCUMULATE_STEPS must be at least 1"),
         (c.INPUT_FIT in FITS, f"INPUT_FIT must be one of {FITS}, not {c.INPUT_FIT!r}"),
+        (c.TARGET in TARGETS, f"TARGET must be one of {TARGETS}, not {c.TARGET!r}"),
         (0 <= c.LABEL_SMOOTHING < 1, "LABEL_SMOOTHING must be in [0, 1)"),
         (
             not (c.NEGATIVES_PER_POSITIVE and c.IMBALANCE == "sampler"),
@@ -306,8 +309,10 @@ def near_duplicates(table, c, rank: int):
     return dist.from_first_rank(pairs)
 
 
-def make_loaders(table, split, c, rt: Runtime):
-    """Training and validation loaders, the epoch sampler, the loss, and image names for the history."""
+def make_loaders(table, split, c, rt: Runtime, classes: tuple | None = None):
+    """Training and validation loaders, the epoch sampler, the loss, and image names for the history.
+    With diagnosis `classes` the training images carry their class index; validation, the sampler
+    and every metric keep the melanoma label."""
     is_val = (split["split"] == "val").to_numpy()
     train, val = table[~is_val], table[is_val]
     if train["target"].nunique() < 2:
@@ -322,7 +327,8 @@ def make_loaders(table, split, c, rt: Runtime):
     )
     workers, pin = default_workers(c.NUM_WORKERS), rt.device.type == "cuda"
     spec = InputSpec(c.IMG_SIZE, c.INPUT_FIT, c.COLOUR_CONSTANCY)
-    train_ds = ImageDataset(train["path"], train["target"], spec)
+    codes = diagnosis_names(train).map({n: k for k, n in enumerate(classes)}) if classes else None
+    train_ds = ImageDataset(train["path"], train["target"] if codes is None else codes, spec)
     val_ds = ImageDataset(val["path"], val["target"], spec)
     val_shard = list(range(rt.rank, len(val_ds), rt.world_size))  # each rank a share, gathered after
     train_loader = make_loader(
@@ -351,7 +357,12 @@ def make_loaders(table, split, c, rt: Runtime):
         rank=rt.rank,
     )
     names = {"train": train["image_name"].tolist(), "val": val["image_name"].tolist()}
-    return train_loader, val_loader, sampler, make_loss(c.IMBALANCE, pos_weight, c.FOCAL_GAMMA), names
+    counts = None if codes is None else np.bincount(codes, minlength=len(classes))
+    loss = make_loss(c.IMBALANCE, pos_weight, c.FOCAL_GAMMA, c.LABEL_SMOOTHING, counts)
+    if classes:
+        shown = dict(zip(classes, counts.tolist(), strict=True))
+        log(f"Target: {len(classes)} diagnoses, training images {shown}", rank=rt.rank)
+    return train_loader, val_loader, sampler, loss, names
 
 
 def make_optimizer(model, c, steps_per_epoch: int):
@@ -427,6 +438,7 @@ def print_epoch(r: dict, num_epochs: int, rank: int) -> None:
     )
 
 
+TARGETS = ("melanoma", "diagnosis")
 SELECTION = {"auc": "validation ROC AUC", "pauc": "validation partial AUC above TPR 0.8"}
 
 

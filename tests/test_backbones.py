@@ -68,6 +68,8 @@ def test_each_family_and_input_option_trains_predicts_exports_and_serves_alike(c
     finally:
         stop_service(proc)
     assert served == pytest.approx(float(p[0]), abs=1e-4)
+    if spec != InputSpec(32):
+        evaluation_prepares_images_alike(model, spec, best, demo_dir)  # it calibrates: last
 
 
 def test_a_vit_needs_a_side_its_patches_divide_and_checkpoints_say_so():
@@ -84,3 +86,13 @@ def test_resnet_checkpoints_keep_their_weight_names():
     """Checkpoints written before the other families load unchanged: the head is still backbone.fc."""
     names = list(MelanomaNet("resnet18").state_dict())
     assert names[-2:] == ["backbone.fc.weight", "backbone.fc.bias"]
+
+
+def evaluation_prepares_images_alike(model, spec: InputSpec, best, demo_dir) -> None:
+    """evaluate.py's logits of the validation images are the model's on images prepared by spec."""
+    r = run_script("src/training/evaluate.py", "--checkpoint", best, "--bootstrap", 20, "--workers", 0)
+    assert r.returncode == 0, r.stderr
+    evaluated = pd.read_csv(best.parent / "eval" / "predictions.csv").head(6)
+    x = torch.stack([load_input(str(demo_dir / f"{n}.jpg"), spec) for n in evaluated["image_name"]])
+    with torch.no_grad():
+        np.testing.assert_allclose(evaluated["logit"], model(x).numpy(), rtol=0, atol=1e-4)

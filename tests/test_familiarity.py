@@ -107,3 +107,39 @@ def test_risk_coverage_refers_the_first_of_the_order_and_keeps_the_rest():
     )
     half = rows[labels.index("50%")]
     assert half["images"] == 200 and half["specificity"] >= rows[0]["specificity"]  # the unsure went first
+
+
+@pytest.mark.slow
+def test_an_export_carries_the_distance_and_flags_what_its_checkpoint_flags(trained_run, demo_dir, tmp_path):
+    import shutil
+
+    from src.data.transforms import load_input
+    from src.inference.predictor import load_scorer
+
+    from helpers import run_script
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run[0], run, ignore=shutil.ignore_patterns("eval"))
+    best = run / trained_run[1].name
+    assert (
+        run_script(
+            "src/training/evaluate.py", "--checkpoint", best, "--bootstrap", 10, "--workers", 0
+        ).returncode
+        == 0
+    )
+    r = run_script("src/inference/export.py", "--checkpoint", best, "--out", tmp_path / "m.onnx", "--int8")
+    assert r.returncode == 0, r.stderr
+    torch_model, onnx_model = load_scorer(best), load_scorer(tmp_path / "m.onnx")
+    assert (
+        onnx_model.checks() == torch_model.checks() and onnx_model.unfamiliar_at == torch_model.unfamiliar_at
+    )
+    images = sorted(demo_dir.glob("*.jpg"))[:8]
+    x = torch.stack([load_input(str(p), torch_model.input) for p in images])
+    blocks = torch.from_numpy(np.kron(np.random.default_rng(0).integers(0, 256, (4, 4, 3), np.uint8),
+                                      np.ones((8, 8, 1), np.uint8))).permute(2, 0, 1)  # fmt: skip
+    x = torch.cat([x, blocks[None]])
+    (_, near), (_, exported) = torch_model.scores(x), onnx_model.scores(x)
+    np.testing.assert_allclose(exported, near, rtol=0, atol=1e-4)
+    assert near[-1] > 1 and exported[-1] > 1  # the colour blocks: unlike training images in both
+    int8 = load_scorer(tmp_path / "m_int8.onnx")
+    assert int8.scores(x)[1][-1] > 1

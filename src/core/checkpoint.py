@@ -161,6 +161,10 @@ def check_settings(s: dict, source) -> None:
         problems.append(gate_problem(s["quality_gate"]))
     if s.get("familiarity") is not None:
         problems.append(familiarity_problem(s["familiarity"], FEATURE_SIZES.get(s.get("arch"))))
+    if "familiarity_threshold" in s and not (
+        finite_number(s["familiarity_threshold"]) and s["familiarity_threshold"] > 0
+    ):
+        problems.append("familiarity_threshold is not a positive number")
     if s.get("refer_rule") is not None:
         problems.append(refer_rule_problem(s["refer_rule"]))
     problems = [p for p in problems if p]

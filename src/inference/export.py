@@ -3,9 +3,11 @@
     python src/inference/export.py --checkpoint CKPT [--out model.onnx] [--int8] [--images DIR]
 
 The ONNX model takes float32 (N, 3, S, S) RGB images in 0..255 (any batch size); normalisation is
-inside the graph, and the image size, calibration and threshold travel in its metadata, so
-predict.py and the service use it exactly like the checkpoint. The export is checked on real
-images (the run's validation split, or --images): probabilities must match PyTorch within 1e-4.
+inside the graph, and the image size, input preparation, calibration, threshold, quality gate and
+refer rule travel in its metadata, so predict.py and the service use it exactly like the
+checkpoint; a checkpoint with the "unlike training images" distance gets it as a second output,
+`unfamiliarity`. The export is checked on real images (the run's validation split, or --images):
+probabilities (and that distance) must match PyTorch within 1e-4.
 --int8 also writes a statically quantized model (QDQ, per-channel weights in 7 bits, activations
 calibrated on validation images) with ONNX Runtime, and prints its AUC next to fp32's. The weights
 use 7 of their 8 bits so that CPUs without VNNI (AVX2 only) give the same results as those with it
@@ -16,6 +18,7 @@ TensorRT: `trtexec --onnx=model.onnx --saveEngine=model.plan --fp16` builds an e
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -26,14 +29,16 @@ import numpy as np
 import torch
 
 from src.core.checkpoint import load_checkpoint, model_from_checkpoint, synthetic_training_data
+from src.core.familiarity import Familiarity
 from src.core.metrics import calibrated, roc_auc
+from src.core.model import melanoma_logit
 from src.core.run_data import own_validation_set
 from src.data.atomic import replace_atomically
 from src.data.images import index_images
 from src.data.labels import DataError
 from src.data.transforms import InputSpec, load_input
 from src.errors import ProjectError, command
-from src.inference.predictor import ONNX_INPUT, Predictor
+from src.inference.predictor import ONNX_INPUT, ONNX_UNFAMILIARITY, Predictor
 
 PARITY_TOLERANCE = 1e-4
 NEW_EXPORTER = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 9)
@@ -64,8 +69,31 @@ SETTING_KEYS = (
 )
 
 
+class WithFamiliarity(torch.nn.Module):
+    """The model with the "unlike training images" distance as a second output (unfamiliarity, per
+    image; above 1: flagged), so that an export refuses what its checkpoint refuses. The features are
+    taken by splitting the model at its head (the exporters trace no hooks)."""
+
+    def __init__(self, model, fitted: dict):
+        super().__init__()
+        self.trunk = copy.deepcopy(model)
+        parent, _, name = model.head_path.rpartition(".")
+        owner = self.trunk.backbone.get_submodule(parent) if parent else self.trunk.backbone
+        owner._modules[name] = torch.nn.Identity()
+        self.head, self.classes, self.melanoma_index = model.head, model.classes, model.melanoma_index
+        self.familiarity = Familiarity(fitted)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.trunk.class_logits(x)
+        out = self.head(features)
+        logit = out.squeeze(1) if self.classes is None else melanoma_logit(out, self.melanoma_index)
+        return logit, self.familiarity(features)
+
+
 def settings_of(ckpt: dict, source: str) -> dict:
     settings = {k: ckpt[k] for k in SETTING_KEYS if k in ckpt}
+    if ckpt.get("familiarity"):
+        settings["familiarity_threshold"] = float(ckpt["familiarity"]["threshold"])
     settings.update(
         {
             "source_checkpoint": source,
@@ -77,14 +105,16 @@ def settings_of(ckpt: dict, source: str) -> dict:
 
 
 def export_onnx(model, img_size: int, path: Path, settings: dict) -> Path:
-    """Write the fp32 ONNX model (dynamic batch axis) with the settings in its metadata."""
+    """Write the fp32 ONNX model (dynamic batch axis) with the settings in its metadata; a model
+    with a WithFamiliarity wrapper has the distance as a second output."""
     import onnx
 
     model = model.cpu().eval()
+    outputs = ["logits", ONNX_UNFAMILIARITY] if isinstance(model, WithFamiliarity) else ["logits"]
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.onnx"
         example = (torch.zeros(2, 3, img_size, img_size),)
-        names = {"input_names": [ONNX_INPUT], "output_names": ["logits"]}
+        names = {"input_names": [ONNX_INPUT], "output_names": outputs}
         if NEW_EXPORTER:
             torch.onnx.export(
                 model,
@@ -102,7 +132,7 @@ def export_onnx(model, img_size: int, path: Path, settings: dict) -> Path:
                 example,
                 str(raw),
                 opset_version=17,
-                dynamic_axes={ONNX_INPUT: {0: "batch"}, "logits": {0: "batch"}},
+                dynamic_axes={name: {0: "batch"} for name in [ONNX_INPUT, *outputs]},
                 **names,
             )
         graph = onnx.load(str(raw))  # also pulls in weights the exporter stored beside the file
@@ -126,12 +156,17 @@ def real_inputs(ckpt: dict, ckpt_path: Path, images: str | None, limit: int):
 
 
 def check_parity(model, onnx_path: Path, x: torch.Tensor, ckpt: dict) -> float:
-    """Largest |p_onnx - p_pytorch| over the real inputs (calibrated probabilities)."""
+    """Largest |p_onnx - p_pytorch| over the real inputs (calibrated probabilities), and with a
+    familiarity output the largest difference of the unfamiliarity too (both must be tiny)."""
     with torch.no_grad():
-        reference = model.cpu().eval()(x).numpy()
-    exported = Predictor(onnx_path).logits(x)
+        reference = model.cpu().eval()(x)
+    reference, distance = reference if isinstance(reference, tuple) else (reference, None)
+    exported, exported_distance = Predictor(onnx_path).scores(x)
     t, b = ckpt.get("temperature", 1.0), ckpt.get("logit_bias", 0.0)
-    return float(np.abs(calibrated(exported, t, b) - calibrated(reference, t, b)).max())
+    diff = float(np.abs(calibrated(exported, t, b) - calibrated(reference.numpy(), t, b)).max())
+    if distance is not None:
+        diff = max(diff, float(np.abs(exported_distance - distance.numpy()).max()))
+    return diff
 
 
 def quantize_int8(fp32_path: Path, out: Path, x: torch.Tensor, settings: dict) -> Path:
@@ -217,6 +252,7 @@ def export(args) -> dict:
     ckpt_path = Path(args.checkpoint)
     ckpt = load_checkpoint(ckpt_path)
     model = model_from_checkpoint(ckpt)
+    model = WithFamiliarity(model, ckpt["familiarity"]) if ckpt.get("familiarity") else model
     out = onnx_path(args)
     settings = settings_of(ckpt, ckpt_path.name)
     x, labels = real_inputs(ckpt, ckpt_path, args.images, args.calibration_images)

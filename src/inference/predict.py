@@ -318,7 +318,7 @@ def open_parts(args, predictor: Scorer, rows: pd.DataFrame, tta: bool, rank: int
         "tta": tta,
         "batch_size": args.batch_size,
         "quality_gate": predictor.quality_gate,
-        "unfamiliar_at": predictor.familiarity.threshold if predictor.familiarity else None,
+        "unfamiliar_at": predictor.unfamiliar_at,
     }
     parts = Parts(args.out, what, len(rows), args.part_rows)
     if rank == 0:

@@ -33,6 +33,7 @@ from src.data.quality import check, decode_measured_bytes
 from src.data.transforms import InputSpec, dihedral_views, preprocess
 
 ONNX_INPUT = "images"  # float32 (N, 3, S, S), RGB 0..255; normalisation is inside the graph
+ONNX_UNFAMILIARITY = "unfamiliarity"  # the optional second output: src/core/familiarity.py, per image
 
 
 def file_version(path: Path) -> str:
@@ -51,7 +52,7 @@ class Scorer:
     img_size: int
     models = 1  # how many models' logits member_logits gives
     quality_gate: dict | None = None  # src/data/quality.py: what makes an image unassessable
-    familiarity: Familiarity | None = None  # src/core/familiarity.py: "unlike training images"
+    unfamiliar_at: float | None = None  # the familiarity distance's threshold; None: no such check
     threshold: float
     temperature: float
     bias: float
@@ -81,7 +82,7 @@ class Scorer:
     def checks(self) -> list[str]:
         """What can make an image unassessable for this model (shown on the model card)."""
         found = [f"image quality ({', '.join(self.quality_gate)})"] if self.quality_gate else []
-        return found + (["unlike training images (feature distance)"] if self.familiarity else [])
+        return found + (["unlike training images (feature distance)"] if self.unfamiliar_at else [])
 
     def views(self, tta: bool | None) -> bool:
         """TTA or not: as the calibration was fitted (None), or refused when asked otherwise."""
@@ -177,22 +178,25 @@ class Predictor(Scorer):
         self._settings(settings)
 
     def _check_onnx_signature(self) -> None:
-        """One input (N, 3, S, S) named ONNX_INPUT and one output of one logit per image."""
+        """One input (N, 3, S, S) named ONNX_INPUT; one output of one logit per image, and
+        optionally a second, ONNX_UNFAMILIARITY, of one distance per image."""
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         ok = (
             len(inputs) == 1
             and inputs[0].name == ONNX_INPUT
             and len(inputs[0].shape) == 4
             and inputs[0].shape[1] == 3
-            and len(outputs) == 1
-            and len(outputs[0].shape) == 1
+            and len(outputs) in (1, 2)
+            and all(len(o.shape) == 1 for o in outputs)
+            and (len(outputs) == 1 or outputs[1].name == ONNX_UNFAMILIARITY)
         )
         if not ok:
             found = [(i.name, i.shape) for i in inputs], [(o.name, o.shape) for o in outputs]
             raise CheckpointError(
                 f"{self.path}: expected input {ONNX_INPUT!r} (N, 3, S, S) and one output (N,) "
-                f"of logits; found inputs/outputs {found}"
+                f"of logits (and optionally {ONNX_UNFAMILIARITY!r}); found inputs/outputs {found}"
             )
+        self.onnx_outputs = len(outputs)
 
     def _settings(self, s: dict) -> None:
         self.arch, self.img_size, self.input = s["arch"], s["img_size"], InputSpec.of(s)
@@ -207,28 +211,23 @@ class Predictor(Scorer):
         self.metrics = s.get("metrics") or {}
         self.epoch = s.get("epoch")
         self.quality_gate = s.get("quality_gate")  # checked by check_settings; None: not fitted yet
-        fitted = s.get("familiarity")  # checkpoints only: an ONNX export carries no features
+        fitted = s.get("familiarity")  # a checkpoint's; an export has it in its graph
         self.familiarity = Familiarity(fitted).to(self.rt.device) if fitted and self.rt else None
+        self.unfamiliar_at = float(fitted["threshold"]) if fitted else s.get("familiarity_threshold")
+        if self.kind == "onnx" and self.onnx_outputs == 1:
+            self.unfamiliar_at = None
         self.refer_rule = s.get("refer_rule") or refer_rule()
 
     @torch.no_grad()
     def logits(self, images: torch.Tensor, tta: bool = False) -> np.ndarray:
         """(N, 3, S, S) uint8 images (torch or numpy) -> (N,) logits; tta: mean over 8 flips/transposes."""
-        if self.kind == "onnx":
-            x = images.numpy() if isinstance(images, torch.Tensor) else images
-            views = dihedral_views(x) if tta else [x]
-            outs = [
-                self.session.run(None, {ONNX_INPUT: np.ascontiguousarray(v, dtype=np.float32)})[0]
-                for v in views
-            ]
-            return np.mean(outs, axis=0).astype(np.float32)
         return self.scores(images, tta)[0]
 
     @torch.no_grad()
     def scores(self, images, tta: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """(N,) logits and (N,) unfamiliarity (None without a fitted distance, and for ONNX)."""
         if self.kind == "onnx":
-            return self.logits(images, tta), None
+            return self._onnx_scores(images, tta)
         x = self.rt.to_device(torch.as_tensor(images))
         views = dihedral_views(x) if tta else [x]
         with self.rt.autocast():
@@ -236,6 +235,15 @@ class Predictor(Scorer):
             out = torch.stack([first.float()] + [self.model(v).float() for v in views[1:]]).mean(0)
         far = self.familiarity(features.float()).cpu().numpy() if self.familiarity else None
         return out.cpu().numpy(), far
+
+    def _onnx_scores(self, images, tta: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        x = images.numpy() if isinstance(images, torch.Tensor) else images
+        runs = [
+            self.session.run(None, {ONNX_INPUT: np.ascontiguousarray(v, dtype=np.float32)})
+            for v in (dihedral_views(x) if tta else [x])
+        ]
+        logits = np.mean([r[0] for r in runs], axis=0).astype(np.float32)
+        return logits, (runs[0][1] if self.unfamiliar_at else None)  # the unflipped view's, as PyTorch
 
     def member_scores(self, images, tta: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """(1, N) logits of one model and its (N,) unfamiliarity (or None)."""
@@ -275,7 +283,7 @@ class Ensemble(Scorer):
         self._calibration = {"calibration_tta": spec["calibration_tta"], "calibrated_on": self.calibrated_on}
         self.synthetic = any(m.synthetic for m in self.members)
         self.quality_gate = next((m.quality_gate for m in self.members if m.quality_gate), None)
-        self.familiarity = next((m.familiarity for m in self.members if m.familiarity), None)
+        self.unfamiliar_at = next((m.unfamiliar_at for m in self.members if m.unfamiliar_at), None)
         self.refer_rule = spec.get("refer_rule") or refer_rule()
         self.calibrated_at, self.training_data = None, first.training_data
         self.epoch, self.metrics = None, {}  # per member, under "members" in info()

@@ -53,6 +53,19 @@ def test_cli_predictions_equal_evaluation_probabilities(trained_run, demo_dir, t
     assert (both["threshold"] == threshold).all() and (both["stage"] == "image").all()
 
 
+def views_spread_is_the_uncertainty(best, demo_dir, predicted: pd.DataFrame) -> None:
+    """With TTA one model's uncertainty is the standard deviation of its 8 views' logits."""
+    from src.data.transforms import dihedral_views
+    from src.inference.predictor import Predictor
+
+    names = predicted.index[:4]
+    model = Predictor(best)
+    x = torch.stack([load_input(str(demo_dir / f"{n}.jpg"), model.input) for n in names])
+    views = np.stack([model.logits(v) for v in dihedral_views(x)])
+    np.testing.assert_allclose(predicted.loc[names, "uncertainty"], views.std(axis=0), rtol=0, atol=1e-5)
+    assert (predicted["uncertainty"] > 0).all()
+
+
 def test_tta_follows_the_calibration_everywhere(trained_run, demo_dir, tmp_path):
     """A threshold fitted on TTA-averaged logits is applied to TTA-averaged logits, or refused."""
     run = tmp_path / "run"
@@ -69,6 +82,7 @@ def test_tta_follows_the_calibration_everywhere(trained_run, demo_dir, tmp_path)
     assert r.returncode == 0, r.stderr
     both = evaluated.merge(pd.read_csv(out), on="image_name")
     np.testing.assert_allclose(both["probability_x"], both["probability_y"], rtol=0, atol=1e-5)  # TTA
+    views_spread_is_the_uncertainty(best, demo_dir, pd.read_csv(out).set_index("image_name"))
     refused = run_script("src/inference/predict.py", "--checkpoint", best, demo_dir, "--no-tta", "--out", out)
     assert (
         refused.returncode == 1 and refused.stderr.startswith("error: ") and "TTA-averaged" in refused.stderr

@@ -7,10 +7,11 @@
 CKPT is a training checkpoint (.pth) or an export (.onnx, also int8). INPUT is one image, a folder
 of images (or one level down), an ISIC 2024 image HDF5 file, or a metadata CSV in any supported
 format (labels optional; images from --images, default the CSV's folder). Writes one answer per
-image: image_name, probability (calibrated, of melanoma), uncertainty (for a fold ensemble: the
-spread of its models' logits), assessable and reason (the model's checks: image quality, unlike
-its training images), decision ("below threshold", "above threshold" or "refer": not assessable, or
-the fold models straddle the threshold), label (1 = at or above the threshold), threshold, stage
+image: image_name, probability (calibrated, of melanoma), uncertainty (the spread of the logits of
+a fold ensemble's models and of the 8 TTA views; empty for one model without TTA), assessable and
+reason (the model's checks: image quality, unlike its training images), decision ("below
+threshold", "above threshold" or "refer": not assessable, or those logits, mean +/- one standard
+deviation, straddle the threshold), label (1 = at or above the threshold), threshold, stage
 (which model gave the answer) and error. Unreadable files, and images the metadata lists but the
 folder or HDF5 file lacks, are listed with their error; the rest are still predicted. TTA follows
 the calibration.
@@ -134,16 +135,16 @@ def score_rows(
         errors = ["" if good else error_for(p) for p, good in zip(where, ok, strict=True)]
         parts.write(k, logits, errors, list(reasons))
 
-    score_parts(map(batch_scores, bar), parts, todo, counts, predictor.models, save)
+    score_parts(map(batch_scores, bar), parts, todo, counts, predictor.rows_per_image(tta), save)
 
 
 def results_table(
     predictor: Scorer, names: pd.Series, member_logits: np.ndarray, errors, reasons
 ) -> pd.DataFrame:
-    """One answer per image from its models' logits ((K, N); NaN and an error where there are none):
-    the mean logit's calibrated probability, the spread of the K logits (their standard deviation,
-    in logit units) as its uncertainty (empty for a single model), and whether the model's checks
-    found it assessable, with the reason when not (both empty when the model has no check yet)."""
+    """One answer per image from its logits ((K models x V views, N); NaN and an error where there
+    are none): the mean logit's calibrated probability, the spread of those logits (their standard
+    deviation, in logit units) as its uncertainty (empty for one model without TTA), and whether
+    the model's checks found it assessable, with the reason when not (both empty without checks)."""
     out = pd.DataFrame({"image_name": names.to_numpy(), "error": np.asarray(errors, object)})
     scored = out["error"].to_numpy() == ""
     logits = member_logits.mean(axis=0)

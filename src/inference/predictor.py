@@ -46,11 +46,16 @@ def file_version(path: Path) -> str:
 
 class Scorer:
     """What every model behind predict.py and the service offers: calibrated probabilities and the
-    one answer per image at the saved threshold, from logits (subclasses give logits, member_logits
+    one answer per image at the saved threshold, from logits (subclasses give logits, member_scores
     and the settings these methods read)."""
 
     img_size: int
-    models = 1  # how many models' logits member_logits gives
+    models = 1  # how many models give logits (each gives one row per view: member_scores)
+
+    def rows_per_image(self, tta: bool) -> int:
+        """Rows of member_scores: each model's logit for each view (8 with TTA)."""
+        return self.models * (8 if tta else 1)
+
     quality_gate: dict | None = None  # src/data/quality.py: what makes an image unassessable
     unfamiliar_at: float | None = None  # the familiarity distance's threshold; None: no such check
     threshold: float
@@ -95,7 +100,7 @@ class Scorer:
         return float(self.score_bytes(data, tta, name)[0].mean())
 
     def member_logits(self, images, tta: bool = False) -> np.ndarray:
-        """(K, N) each model's logits (K = 1 for a single model)."""
+        """(K x V, N): each model's logits for each view (V = 8 with TTA, else 1)."""
         return self.member_scores(images, tta)[0]
 
     def score_bytes(
@@ -223,32 +228,30 @@ class Predictor(Scorer):
         """(N, 3, S, S) uint8 images (torch or numpy) -> (N,) logits; tta: mean over 8 flips/transposes."""
         return self.scores(images, tta)[0]
 
-    @torch.no_grad()
     def scores(self, images, tta: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-        """(N,) logits and (N,) unfamiliarity (None without a fitted distance, and for ONNX)."""
+        """(N,) logits (the mean over the views with tta) and (N,) unfamiliarity (None without a
+        fitted distance)."""
+        views, far = self.member_scores(images, tta)
+        return views.mean(axis=0).astype(np.float32), far
+
+    @torch.no_grad()
+    def member_scores(self, images, tta: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """(V, N) logits of each view (V = 8 with tta, else 1) and the (N,) unfamiliarity of the
+        unflipped view (or None): the spread of the views is a single model's uncertainty."""
         if self.kind == "onnx":
-            return self._onnx_scores(images, tta)
+            x = images.numpy() if isinstance(images, torch.Tensor) else images
+            runs = [
+                self.session.run(None, {ONNX_INPUT: np.ascontiguousarray(v, dtype=np.float32)})
+                for v in (dihedral_views(x) if tta else [x])
+            ]
+            return np.stack([r[0] for r in runs]), (runs[0][1] if self.unfamiliar_at else None)
         x = self.rt.to_device(torch.as_tensor(images))
         views = dihedral_views(x) if tta else [x]
         with self.rt.autocast():
             first, features = self.model.logits_and_features(views[0])
-            out = torch.stack([first.float()] + [self.model(v).float() for v in views[1:]]).mean(0)
+            out = torch.stack([first.float()] + [self.model(v).float() for v in views[1:]])
         far = self.familiarity(features.float()).cpu().numpy() if self.familiarity else None
         return out.cpu().numpy(), far
-
-    def _onnx_scores(self, images, tta: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        x = images.numpy() if isinstance(images, torch.Tensor) else images
-        runs = [
-            self.session.run(None, {ONNX_INPUT: np.ascontiguousarray(v, dtype=np.float32)})
-            for v in (dihedral_views(x) if tta else [x])
-        ]
-        logits = np.mean([r[0] for r in runs], axis=0).astype(np.float32)
-        return logits, (runs[0][1] if self.unfamiliar_at else None)  # the unflipped view's, as PyTorch
-
-    def member_scores(self, images, tta: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-        """(1, N) logits of one model and its (N,) unfamiliarity (or None)."""
-        logits, far = self.scores(images, tta)
-        return logits[None], far
 
 
 def default_threads() -> int:
@@ -257,8 +260,8 @@ def default_threads() -> int:
 
 class Ensemble(Scorer):
     """The fold models of oof.py as one (FOLDER/ensemble.json, src/core/ensemble.py): the mean of
-    their logits, calibrated and thresholded on their out-of-fold logits; member_logits gives each
-    member's, whose spread is the prediction's uncertainty."""
+    their logits, calibrated and thresholded on their out-of-fold logits; member_scores gives each
+    member's (and each view's), whose spread is the prediction's uncertainty."""
 
     def __init__(self, folder: str | Path, threads: int | None = None, local_rank: int = 0):
         self.path = Path(folder)
@@ -300,11 +303,11 @@ class Ensemble(Scorer):
             raise CheckpointError(f"ensemble {self.path}, member {name}: {e}") from None
 
     def member_scores(self, images, tta: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-        """(K, N) each member's logits (each averaged over the 8 views with tta), and the mean
+        """(K x V, N) each member's logits for each view (V = 8 with tta, else 1), and the mean
         unfamiliarity of the members that have a distance fitted (None when none has)."""
-        scored = [m.scores(images, tta) for m in self.members]
+        scored = [m.member_scores(images, tta) for m in self.members]
         far = [f for _, f in scored if f is not None]
-        return np.stack([logits for logits, _ in scored]), np.mean(far, axis=0) if far else None
+        return np.concatenate([logits for logits, _ in scored]), np.mean(far, axis=0) if far else None
 
     def logits(self, images: torch.Tensor, tta: bool = False) -> np.ndarray:
         return self.member_logits(images, tta).mean(axis=0)

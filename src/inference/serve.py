@@ -500,7 +500,7 @@ def score_patient(member_logits: list[np.ndarray], metas: list[dict], reasons: l
     """One answer per lesion of one patient (src/core/decision.py) from its models' logits: the
     context stage's when loaded (metadata and the patient's other lesions, fed the models' mean
     logit), else the image model's; with the image model's own probability beside it, the
-    ugly-duckling rank, for an ensemble the spread of its models' logits as the uncertainty, and
+    ugly-duckling rank, the spread of its models' and TTA views' logits as the uncertainty, and
     with a quality gate whether the image can be assessed (when not, the page shows the reason
     instead of a risk)."""
     predictor, members = api.state.predictor, np.asarray(member_logits, dtype=np.float64)
@@ -518,7 +518,7 @@ def score_patient(member_logits: list[np.ndarray], metas: list[dict], reasons: l
         table["sex"], table["anatom_site"] = [m["sex"] for m in metas], [m["site"] for m in metas]
         p, threshold, stage = context.probabilities(table, logits), context.threshold, "context"
     note = few_lesions_note(len(logits)) if context is not None else ""
-    spread = members.std(axis=1) if predictor.models > 1 else None
+    spread = members.std(axis=1) if members.shape[1] > 1 else None  # models x views
     unsure = predictor.uncertain(p, spread) if stage == "image" else np.zeros(len(p), bool)
     return [
         {
@@ -531,7 +531,7 @@ def score_patient(member_logits: list[np.ndarray], metas: list[dict], reasons: l
                 else {}
             ),
             **({"context_note": note} if note else {}),
-            **({"uncertainty": float(members[i].std())} if predictor.models > 1 else {}),
+            **({"uncertainty": float(spread[i])} if spread is not None else {}),
             **({"assessable": not reasons[i], "reason": reasons[i]} if reasons[i] is not None else {}),
         }
         for i in range(len(logits))

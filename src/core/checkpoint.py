@@ -157,6 +157,16 @@ def check_settings(s: dict, source) -> None:
         problems.append(f"temperature {s['temperature']!r} is not a positive number")
     if "logit_bias" in s and not finite_number(s["logit_bias"]):
         problems.append(f"logit_bias {s['logit_bias']!r} is not a number")
+    problems += fitted_checks_problems(s)
+    problems = [p for p in problems if p]
+    if problems:
+        raise CheckpointError(f"{source} has invalid settings: {'; '.join(problems)}")
+
+
+def fitted_checks_problems(s: dict) -> list[str]:
+    """What is wrong with what evaluate.py fits (the quality gate, the familiarity distance, the
+    refer rule) or an export carries of it; empty strings where nothing is."""
+    problems = []
     if s.get("quality_gate") is not None:
         problems.append(gate_problem(s["quality_gate"]))
     if s.get("familiarity") is not None:
@@ -167,9 +177,7 @@ def check_settings(s: dict, source) -> None:
         problems.append("familiarity_threshold is not a positive number")
     if s.get("refer_rule") is not None:
         problems.append(refer_rule_problem(s["refer_rule"]))
-    problems = [p for p in problems if p]
-    if problems:
-        raise CheckpointError(f"{source} has invalid settings: {'; '.join(problems)}")
+    return problems
 
 
 def model_from_checkpoint(ckpt: dict) -> MelanomaNet:

@@ -160,15 +160,8 @@ def train_one_epoch(
     sums = torch.zeros(3, device=rt.device, dtype=torch.float64)  # loss * n, correct, n
     skipped: list[int] = []
     total = min(len(loader), max_steps) if max_steps else len(loader)
-    bar = tqdm(
-        loader,
-        total=total,
-        desc=f"train {epoch + 1}",
-        unit="batch",
-        disable=rt.rank != 0,
-        leave=False,
-        dynamic_ncols=True,
-    )
+    bar = tqdm(loader, total=total, desc=f"train {epoch + 1}", unit="batch", disable=rt.rank != 0,
+               leave=False, dynamic_ncols=True)  # fmt: skip
     start, step = time.perf_counter(), -1
     for step, (images, targets, index, ok) in enumerate(bar):
         if step >= total:
@@ -176,21 +169,13 @@ def train_one_epoch(
         if not bool(ok.all()):
             skipped += index[~ok].tolist()
         x = rt.layout(augment_batch(rt.transfer(images), gen))  # augmentation returns NCHW
-        y = targets.to(rt.device, non_blocking=True)
         w = ok.to(rt.device, non_blocking=True).float()  # a failed decode weighs nothing
-        k = options.melanoma_class
-        with rt.autocast():
-            out = model(x, all_classes=k is not None).float()
-        loss = (loss_fn(out, y) * w).sum() / w.sum().clamp(min=1.0)
-        logits, y = (out, y) if k is None else (melanoma_logit(out, k), (y == k).float())
-        scaled = loss / options.accumulate
-        (scaled if rt.scaler is None else rt.scaler.scale(scaled)).backward()
+        sums += _backward(model, x, targets.to(rt.device, non_blocking=True), w, loss_fn, rt, options)
         if (step + 1) % options.accumulate == 0 or step + 1 == total:
             _step(optimizer, rt.scaler, options.grad_clip)
             scheduler.step()
             if ema is not None:
                 ema.update()
-        sums += torch.stack([loss.detach() * w.sum(), (((logits > 0) == (y > 0.5)) * w).sum(), w.sum()])
         if step % LOG_EVERY == 0:
             _check_finite(sums[0], epoch, step)
             seen = sums[2].item() * rt.world_size
@@ -199,9 +184,23 @@ def train_one_epoch(
             if on_progress is not None:
                 on_progress(step, running, speed)
     _check_finite(sums[0], epoch, step)
-    sums = dist.all_reduce_sum(sums)
-    seconds = time.perf_counter() - start
-    skipped = dist.gather_lists(skipped)
+    return _epoch_figures(dist.all_reduce_sum(sums), dist.gather_lists(skipped), time.perf_counter() - start)
+
+
+def _backward(model, x, y, w, loss_fn, rt: Runtime, options: StepOptions) -> torch.Tensor:
+    """Forward and backward of one batch (its gradient a 1/accumulate share of a step); returns
+    (loss x n, melanoma answers right, n) of the batch, weighted by w."""
+    k = options.melanoma_class
+    with rt.autocast():
+        out = model(x, all_classes=k is not None).float()
+    loss = (loss_fn(out, y) * w).sum() / w.sum().clamp(min=1.0)
+    logits, y = (out, y) if k is None else (melanoma_logit(out, k), (y == k).float())
+    scaled = loss / options.accumulate
+    (scaled if rt.scaler is None else rt.scaler.scale(scaled)).backward()
+    return torch.stack([loss.detach() * w.sum(), (((logits > 0) == (y > 0.5)) * w).sum(), w.sum()])
+
+
+def _epoch_figures(sums: torch.Tensor, skipped: list[int], seconds: float) -> dict:
     n = max(sums[2].item(), 1.0)
     return {
         "loss": sums[0].item() / n,

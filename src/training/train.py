@@ -179,14 +179,17 @@ def fit(c, rank: int, world: int, local_rank: int) -> int:
         dist.barrier()
     if board:
         board.close()
+    log(done_line(best, c, run.path), rank=rank)
+    return 0
+
+
+def done_line(best: dict, c, folder: Path) -> str:
     auc = "n/a" if best.get("val_auc") is None else f"{best['val_auc']:.4f}"
     pauc = "" if c.SELECT_BY == "auc" or best.get("val_pauc") is None else f", pAUC {best['val_pauc']:.4f}"
-    log(
+    return (
         f"Done. Best epoch {best['epoch']} (by {SELECTION[c.SELECT_BY]}): validation AUC {auc}{pauc} "
-        f"-> {run.path}/best.pth (= best_model_epoch{best['epoch']}.pth)",
-        rank=rank,
+        f"-> {folder}/best.pth (= best_model_epoch{best['epoch']}.pth)"
     )
-    return 0
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -331,31 +334,11 @@ def make_loaders(table, split, c, rt: Runtime, classes: tuple | None = None):
     train_ds = ImageDataset(train["path"], train["target"] if codes is None else codes, spec)
     val_ds = ImageDataset(val["path"], val["target"], spec)
     val_shard = list(range(rt.rank, len(val_ds), rt.world_size))  # each rank a share, gathered after
-    train_loader = make_loader(
-        train_ds,
-        c.BATCH_SIZE,
-        sampler,
-        workers,
-        pin,
-        c.PREFETCH_FACTOR,
-        drop_last=len(sampler) > c.BATCH_SIZE,
-    )  # no 1-image batch for BatchNorm
+    drop = len(sampler) > c.BATCH_SIZE  # no 1-image batch for BatchNorm
+    train_loader = make_loader(train_ds, c.BATCH_SIZE, sampler, workers, pin, c.PREFETCH_FACTOR, drop)
     val_loader = make_loader(val_ds, c.BATCH_SIZE * 2, val_shard, workers, pin, c.PREFETCH_FACTOR)
     pos_weight = sampler.positive_weight()  # of what an epoch holds: sampled negatives when sampling
-    sampling = (
-        f"; each epoch: all {len(sampler.positives):,} melanoma and {sampler.drawn_negatives:,} fresh "
-        f"benign images"
-        if c.NEGATIVES_PER_POSITIVE
-        else ""
-    )
-    log(
-        f"Split: {len(train):,} train / {len(val):,} val images, "
-        f"{grouping_description(split)}{merge_summary(split)} "
-        f"(saved to {Path(c.CHECKPOINT_DIR) / 'split.csv'}); imbalance: {c.IMBALANCE}"
-        + (f" (pos_weight {pos_weight:.1f})" if c.IMBALANCE == "weighted_bce" else "")
-        + sampling,
-        rank=rt.rank,
-    )
+    log(split_line(train, val, split, sampler, pos_weight, c), rank=rt.rank)
     names = {"train": train["image_name"].tolist(), "val": val["image_name"].tolist()}
     counts = None if codes is None else np.bincount(codes, minlength=len(classes))
     loss = make_loss(c.IMBALANCE, pos_weight, c.FOCAL_GAMMA, c.LABEL_SMOOTHING, counts)
@@ -363,6 +346,23 @@ def make_loaders(table, split, c, rt: Runtime, classes: tuple | None = None):
         shown = dict(zip(classes, counts.tolist(), strict=True))
         log(f"Target: {len(classes)} diagnoses, training images {shown}", rank=rt.rank)
     return train_loader, val_loader, sampler, loss, names
+
+
+def split_line(train, val, split, sampler: EpochSampler, pos_weight: float, c) -> str:
+    """The log line that says how the run split and weighs its images."""
+    sampling = (
+        f"; each epoch: all {len(sampler.positives):,} melanoma and {sampler.drawn_negatives:,} fresh "
+        f"benign images"
+        if c.NEGATIVES_PER_POSITIVE
+        else ""
+    )
+    return (
+        f"Split: {len(train):,} train / {len(val):,} val images, "
+        f"{grouping_description(split)}{merge_summary(split)} "
+        f"(saved to {Path(c.CHECKPOINT_DIR) / 'split.csv'}); imbalance: {c.IMBALANCE}"
+        + (f" (pos_weight {pos_weight:.1f})" if c.IMBALANCE == "weighted_bce" else "")
+        + sampling
+    )
 
 
 def make_optimizer(model, c, steps_per_epoch: int):

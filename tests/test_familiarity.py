@@ -10,7 +10,7 @@ import torch
 from src.core import metrics as M
 from src.core.checkpoint import CheckpointError, check_settings
 from src.core.decision import REFER, answer, decisions, margins, refer_rule, uncertain
-from src.core.familiarity import UNFAMILIAR, distance, fit_familiarity, reasons_with_familiarity
+from src.core.familiarity import UNFAMILIAR, fit_familiarity, reasons_with_familiarity, unfamiliarity
 from src.core.model import MelanomaNet
 
 SETTINGS = {"arch": "resnet18", "img_size": 64, "mean": [0.5] * 3, "std": [0.25] * 3}
@@ -25,15 +25,15 @@ def features(n: int, seed: int, d: int = 512, shift: float = 0.0) -> np.ndarray:
 
 def test_the_threshold_flags_the_asked_share_of_validation_and_far_images():
     fitted = fit_familiarity(features(2000, 0), features(1000, 1), share=0.015)
-    flagged = (distance(fitted, features(1000, 1)) > fitted["threshold"]).mean()
+    flagged = (unfamiliarity(fitted, features(1000, 1)) > 1).mean()
     assert flagged == pytest.approx(0.015, abs=0.002)  # the quantile of that very split
-    fresh = (distance(fitted, features(4000, 2)) > fitted["threshold"]).mean()
+    fresh = (unfamiliarity(fitted, features(4000, 2)) > 1).mean()
     assert fresh < 0.05  # new images of the same kind are rarely flagged
     off = features(200, 3, shift=1.5)  # every feature moved: off the training directions
-    assert (distance(fitted, off) > fitted["threshold"]).all()
+    assert (unfamiliarity(fitted, off) > 1).all()
     basis = np.random.default_rng(99).normal(size=(16, 512))
     along = features(200, 4) + np.full(16, 2 * 10.0) @ basis  # 10 sd along each main direction
-    assert (distance(fitted, along) > fitted["threshold"]).all()
+    assert (unfamiliarity(fitted, along) > 1).all()
 
 
 def test_the_model_gives_the_logit_and_the_features_the_head_reads():

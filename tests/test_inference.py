@@ -1,5 +1,6 @@
 """Prediction CLI, Grad-CAM, ONNX export and int8: equal to evaluation, within tolerance, honest about AUC."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -82,7 +83,12 @@ def test_tta_follows_the_calibration_everywhere(trained_run, demo_dir, tmp_path)
     assert r.returncode == 0, r.stderr
     both = evaluated.merge(pd.read_csv(out), on="image_name")
     np.testing.assert_allclose(both["probability_x"], both["probability_y"], rtol=0, atol=1e-5)  # TTA
-    views_spread_is_the_uncertainty(best, demo_dir, pd.read_csv(out).set_index("image_name"))
+    predicted = pd.read_csv(out).set_index("image_name")
+    views_spread_is_the_uncertainty(best, demo_dir, predicted)
+    # evaluate.py's saved-rule row refers what prediction refers (unassessable, or views straddling)
+    report = json.loads((run / "eval" / "report.json").read_text())
+    referred = (predicted.loc[evaluated["image_name"], "decision"] == "refer").mean()
+    assert report["abstention"]["referred_share_at_rule"] == pytest.approx(referred)
     refused = run_script("src/inference/predict.py", "--checkpoint", best, demo_dir, "--no-tta", "--out", out)
     assert (
         refused.returncode == 1 and refused.stderr.startswith("error: ") and "TTA-averaged" in refused.stderr

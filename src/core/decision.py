@@ -6,9 +6,9 @@ other lesions), else the image model. The other figure may be shown beside it, n
 
 A decision is one of three: "below threshold", "above threshold", or "refer" (a person must look)
 when the image cannot be assessed (src/data/quality.py, src/core/familiarity.py) or when the models
-of a fold ensemble disagree about which side of the threshold it lies: their logits' mean plus or
-minus `band` standard deviations straddles it. The rule is saved beside the threshold (checkpoint,
-ensemble.json) and shown on the model card.
+of a fold ensemble, or the 8 TTA views, disagree about which side of the threshold it lies: their
+logits' mean plus or minus `band` standard deviations straddles it. The rule is saved beside the
+threshold (checkpoint, ensemble.json) and shown on the model card.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from src.core.metrics import finite_number
 
 ABOVE, BELOW, REFER = "above threshold", "below threshold", "refer"
 STAGES = ("image", "context")  # the image model alone; the context stage (metadata and the patient)
-REFER_BAND = 1.0  # standard deviations of the members' logits around their mean
+REFER_BAND = 1.0  # standard deviations of the models' and views' logits around their mean
 
 
 def refer_rule(band: float = REFER_BAND) -> dict:
     return {
         "band": float(band),
-        "text": f"refer when the image cannot be assessed, or when the fold models' logits, mean +/- "
-        f"{band:g} standard deviation, straddle the threshold",
+        "text": f"refer when the image cannot be assessed, or when the logits of the fold models and "
+        f"TTA views, mean +/- {band:g} standard deviation, straddle the threshold",
     }
 
 
@@ -37,9 +37,9 @@ def refer_rule_problem(rule) -> str:
 
 
 def margins(probability, threshold: float, spread=None, temperature: float = 1.0) -> np.ndarray:
-    """How far each answer is from the threshold: in standard deviations of the members' logits
-    (spread, raw logit units; calibration divides logits by the temperature), else in logit units
-    where there is no spread (a single model). Smaller is closer to the other side."""
+    """How far each answer is from the threshold: in standard deviations of the logits behind it
+    (spread, in raw logit units; calibration divides logits by the temperature), infinite where
+    there is no spread (nothing to straddle); without `spread` at all, in logit units."""
     p = np.clip(np.asarray(probability, dtype=np.float64), 1e-12, 1 - 1e-12)
     t = min(max(threshold, 1e-12), 1 - 1e-12)
     distance = np.abs(np.log(p / (1 - p)) - np.log(t / (1 - t)))
@@ -47,9 +47,7 @@ def margins(probability, threshold: float, spread=None, temperature: float = 1.0
         return distance
     scale = np.asarray(spread, dtype=np.float64) / temperature
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(
-            np.isfinite(scale) & (scale > 0), distance / scale, np.where(np.isnan(scale), distance, np.inf)
-        )
+        return np.where(scale > 0, distance / scale, np.inf)  # NaN or 0: no spread
 
 
 def decisions(probability, threshold: float, assessable=True, uncertain=False) -> np.ndarray:
@@ -64,9 +62,7 @@ def uncertain(probability, threshold: float, spread, temperature: float, rule: d
     """True where the band of the rule straddles the threshold (never without a spread)."""
     if rule is None or spread is None:
         return np.zeros(np.shape(probability), dtype=bool)
-    scale = np.asarray(spread, dtype=np.float64)
-    close = margins(probability, threshold, spread, temperature) < rule["band"]
-    return close & np.isfinite(scale) & (scale > 0)
+    return margins(probability, threshold, spread, temperature) < rule["band"]
 
 
 def answer(

@@ -48,18 +48,16 @@ def fit_familiarity(train: np.ndarray, validation: np.ndarray, share: float = FL
         "residual_variance": float(rest),
         "threshold": 1.0,
     }
-    distances = distance(fitted, validation)
+    distances = unfamiliarity(fitted, validation)  # the distance itself while the threshold is 1
     fitted["threshold"] = float(max(np.quantile(distances, 1 - share), 1e-6))
     fitted.update({"flagged_share": share, "training_images": n, "validation_images": len(validation)})
     return fitted
 
 
-def distance(fitted: dict, features) -> np.ndarray:
-    """(N,) distances of (N, D) features (numpy or torch)."""
+def unfamiliarity(fitted: dict, features) -> np.ndarray:
+    """(N,) distance over the threshold of (N, D) features (numpy or torch); above 1: flagged."""
     with torch.no_grad():
-        return Familiarity(fitted)(
-            torch.as_tensor(np.asarray(features), dtype=torch.float32)
-        ).numpy() * float(fitted["threshold"])
+        return Familiarity(fitted)(torch.as_tensor(np.asarray(features), dtype=torch.float32)).numpy()
 
 
 class Familiarity(nn.Module):

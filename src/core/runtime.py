@@ -91,20 +91,29 @@ class Runtime:
         return self.layout(self.transfer(images))
 
 
+def view_logits(model, x: torch.Tensor, tta: bool, features: bool = False):
+    """(V, N) logits of the views of a batch (its 8 flips and transposes with tta, else the batch
+    itself) and, with `features`, the pooled features of the unflipped view, else None. The one
+    place evaluation and prediction turn a batch into logits; call it under the autocast policy."""
+    views = dihedral_views(x) if tta else [x]
+    first, pooled = model.logits_and_features(views[0]) if features else (model(views[0]), None)
+    return torch.stack([first.float()] + [model(v).float() for v in views[1:]]), pooled
+
+
 @torch.no_grad()
 def predict(model, loader, rt: Runtime, tta: bool = False, desc: str = "val", features: bool = False) -> dict:
     """Logits for every sample of `loader` (gathered across DDP ranks), with targets, indices, ok
-    flags, the quality gate's rule codes when the dataset has a gate ("rules"), and with `features`
-    the pooled features of the unflipped view (src/core/familiarity.py)."""
+    flags, the quality gate's rule codes when the dataset has a gate ("rules"), with tta the spread
+    (standard deviation) of the 8 views' logits ("spread"), and with `features` the pooled features
+    of the unflipped view (src/core/familiarity.py)."""
     model.eval()
-    out = {"logits": [], "targets": [], "index": [], "ok": [], "rules": [], "features": []}
+    out = {"logits": [], "targets": [], "index": [], "ok": [], "rules": [], "features": [], "spread": []}
     for batch in tqdm(loader, desc=desc, unit="batch", disable=rt.rank != 0, leave=False, dynamic_ncols=True):
-        x = rt.to_device(batch[0])
-        views = dihedral_views(x) if tta else [x]
         with rt.autocast():
-            first, pooled = model.logits_and_features(views[0]) if features else (model(views[0]), None)
-            logits = torch.stack([first.float()] + [model(v).float() for v in views[1:]]).mean(0)
-        out["logits"].append(logits.cpu())
+            views, pooled = view_logits(model, rt.to_device(batch[0]), tta, features)
+        out["logits"].append(views.mean(0).cpu())
+        if tta:
+            out["spread"].append(views.std(0, unbiased=False).cpu())
         for key, value in zip(("targets", "index", "ok", "rules"), batch[1:], strict=False):
             out[key].append(value)
         if features:

@@ -18,7 +18,6 @@ TensorRT: `trtexec --onnx=model.onnx --saveEngine=model.plan --fp16` builds an e
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import sys
@@ -31,7 +30,6 @@ import torch
 from src.core.checkpoint import load_checkpoint, model_from_checkpoint, synthetic_training_data
 from src.core.familiarity import Familiarity
 from src.core.metrics import calibrated, roc_auc
-from src.core.model import melanoma_logit
 from src.core.run_data import own_validation_set
 from src.data.atomic import replace_atomically
 from src.data.images import index_images
@@ -71,23 +69,16 @@ SETTING_KEYS = (
 
 class WithFamiliarity(torch.nn.Module):
     """The model with the "unlike training images" distance as a second output (unfamiliarity, per
-    image; above 1: flagged), so that an export refuses what its checkpoint refuses. The features are
-    taken by splitting the model at its head (the exporters trace no hooks)."""
+    image; above 1: flagged), so that an export refuses what its checkpoint refuses: the features
+    and the logit of one pass, as MelanomaNet.logits_and_features gives them to PyTorch callers."""
 
     def __init__(self, model, fitted: dict):
         super().__init__()
-        self.trunk = copy.deepcopy(model)
-        parent, _, name = model.head_path.rpartition(".")
-        owner = self.trunk.backbone.get_submodule(parent) if parent else self.trunk.backbone
-        owner._modules[name] = torch.nn.Identity()
-        self.head, self.classes, self.melanoma_index = model.head, model.classes, model.melanoma_index
-        self.familiarity = Familiarity(fitted)
+        self.model, self.familiarity = model, Familiarity(fitted)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.trunk.class_logits(x)
-        out = self.head(features)
-        logit = out.squeeze(1) if self.classes is None else melanoma_logit(out, self.melanoma_index)
-        return logit, self.familiarity(features)
+        logits, features = self.model.logits_and_features(x)
+        return logits, self.familiarity(features)
 
 
 def settings_of(ckpt: dict, source: str) -> dict:

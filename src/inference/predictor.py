@@ -27,7 +27,7 @@ from src.core.decision import answer, refer_rule, uncertain
 from src.core.ensemble import read_ensemble
 from src.core.familiarity import Familiarity, reasons_with_familiarity
 from src.core.metrics import calibrated
-from src.core.runtime import Runtime
+from src.core.runtime import Runtime, view_logits
 from src.data.images import decode_bytes
 from src.data.quality import check, decode_measured_bytes
 from src.data.transforms import InputSpec, dihedral_views, preprocess
@@ -51,16 +51,15 @@ class Scorer:
 
     img_size: int
     models = 1  # how many models give logits (each gives one row per view: member_scores)
-
-    def rows_per_image(self, tta: bool) -> int:
-        """Rows of member_scores: each model's logit for each view (8 with TTA)."""
-        return self.models * (8 if tta else 1)
-
     quality_gate: dict | None = None  # src/data/quality.py: what makes an image unassessable
     unfamiliar_at: float | None = None  # the familiarity distance's threshold; None: no such check
     threshold: float
     temperature: float
     bias: float
+
+    def rows_per_image(self, tta: bool) -> int:
+        """Rows of member_scores: each model's logit for each view (8 with TTA)."""
+        return self.models * (8 if tta else 1)
 
     def info(self) -> dict:
         return {
@@ -246,11 +245,9 @@ class Predictor(Scorer):
             ]
             return np.stack([r[0] for r in runs]), (runs[0][1] if self.unfamiliar_at else None)
         x = self.rt.to_device(torch.as_tensor(images))
-        views = dihedral_views(x) if tta else [x]
         with self.rt.autocast():
-            first, features = self.model.logits_and_features(views[0])
-            out = torch.stack([first.float()] + [self.model(v).float() for v in views[1:]])
-        far = self.familiarity(features.float()).cpu().numpy() if self.familiarity else None
+            out, features = view_logits(self.model, x, tta, self.familiarity is not None)
+        far = None if features is None else self.familiarity(features.float()).cpu().numpy()
         return out.cpu().numpy(), far
 
 

@@ -32,13 +32,13 @@ from src.core.checkpoint import (
     save_checkpoint,
     synthetic_training_data,
 )
-from src.core.decision import margins, refer_rule
+from src.core.decision import margins, refer_rule, uncertain
 from src.core.familiarity import (
     MAX_FIT_IMAGES,
     UNFAMILIAR,
-    distance,
     fit_familiarity,
     reasons_with_familiarity,
+    unfamiliarity,
 )
 from src.core.metrics import MIN_SENSITIVITY, metric_fns, operating_metrics
 from src.core.run_data import RunDataError, own_validation_set, run_images
@@ -173,7 +173,7 @@ def checked_reasons(pred: dict, gate: dict | None, familiarity: dict | None) -> 
     """Why each image of a prediction cannot be assessed ("" where it can)."""
     names = np.array(["", *gate] if gate else [""], dtype=object)
     rules = names[np.maximum(pred["rules"], 0)] if gate else np.full(len(pred["logits"]), "", object)
-    far = distance(familiarity, pred["features"]) / familiarity["threshold"] if familiarity else None
+    far = unfamiliarity(familiarity, pred["features"]) if familiarity else None
     return reasons_with_familiarity(rules, far)
 
 
@@ -192,21 +192,25 @@ def checks_of(quality_gate: dict | None, familiarity: dict | None) -> list[str]:
     return (["image quality"] if quality_gate else []) + (["unlike training images"] if familiarity else [])
 
 
-def abstention(y, p, threshold: float, reasons: np.ndarray, checks: list[str]) -> dict:
-    """The report's abstention section: what each check caught, and the risk-coverage table. One
-    checkpoint has no spread across models, so its saved rule refers the images it cannot assess;
-    beyond them the order is the distance to the threshold (in logit units)."""
-    assessable = reasons == ""
-    order = np.lexsort((margins(p, threshold), assessable))  # not assessable first
-    referred = int((~assessable).sum())
+def abstention(y, p, cal: dict, reasons: np.ndarray, checks: list[str], spread, rule: dict) -> dict:
+    """The report's abstention section: what each check caught, and the risk-coverage table. The
+    saved rule refers what cannot be assessed and, with TTA, where the views' logits (spread)
+    straddle the threshold, as prediction does; beyond those the order is the distance to the
+    threshold (in the views' standard deviations with TTA, else in logit units)."""
+    threshold, assessable = cal["threshold"], reasons == ""
+    unsure = uncertain(p, threshold, spread, cal["temperature"], rule)
+    distance = margins(p, threshold) if spread is None else margins(p, threshold, spread, cal["temperature"])
+    order = np.lexsort((distance, ~unsure, assessable))  # not assessable first, then the unsure
+    referred = int((~assessable | unsure).sum())
     caught = pd.Series(reasons[~assessable]).value_counts()
     return {
         "checks": checks,
         "not_assessable": {str(k): int(v) for k, v in caught.items()},
         "unlike_training_share": float((reasons == UNFAMILIAR).mean()),
-        "rule": refer_rule()["text"],
+        "rule": rule["text"],
         "referred_share_at_rule": referred / len(y),
-        "order": "not assessable, then closest to the threshold",
+        "order": "not assessable, then closest to the threshold"
+        + (" in standard deviations of the 8 views' logits" if spread is not None else ""),
         "risk_coverage": M.risk_coverage(y, p, threshold, order, at_rule=referred),
     }
 
@@ -409,7 +413,8 @@ def evaluate_checkpoint(args) -> dict:
     report = build_report(args, ckpt, table, description, logits, y, cal, unreadable)
     reasons = checked_reasons(pred, checks["quality_gate"], checks["familiarity"])
     p = M.calibrated(logits, cal["temperature"], cal["bias"])
-    report["abstention"] = abstention(y, p, cal["threshold"], reasons, checks_of(**checks))
+    rule = refer_rule() if own else ckpt.get("refer_rule") or refer_rule()
+    report["abstention"] = abstention(y, p, cal, reasons, checks_of(**checks), pred.get("spread"), rule)
     if args.metadata:
         report["near_copies_of_training"] = copies = near_copies_of_training(ckpt, ckpt_path, table, out)
         if copies:

@@ -49,6 +49,22 @@ def test_grouped_interval_is_wider_than_image_level_for_correlated_patients():
     assert grouped[1] - grouped[0] > 1.5 * (per_image[1] - per_image[0])
 
 
+def test_paired_difference_sees_a_small_gain_that_separate_intervals_cannot():
+    rng = np.random.default_rng(5)
+    groups = np.arange(600)
+    y = (rng.random(600) < 0.2).astype(int)
+    shared = y + rng.normal(0, 1.0, 600)  # both models share most of their errors
+    a, b = shared + rng.normal(0, 0.3, 600), shared + 0.15 * y + rng.normal(0, 0.3, 600)
+    diff, low, high = M.paired_difference(y, a, b, groups, n_resamples=400)
+    assert diff == pytest.approx(M.roc_auc(y, b) - M.roc_auc(y, a))
+    assert 0 < low <= diff <= high
+    ci_a = M.bootstrap(y, a, groups, {"auc": M.roc_auc}, 400)["auc"]
+    ci_b = M.bootstrap(y, b, groups, {"auc": M.roc_auc}, 400)["auc"]
+    assert ci_b[0] < ci_a[1]  # the separate intervals overlap
+    same = M.paired_difference(y, a, a, groups, n_resamples=50)
+    assert same == (0.0, 0.0, 0.0)
+
+
 def test_temperature_and_bias_recover_a_shift():
     rng = np.random.default_rng(0)
     true_logit = rng.normal(-2, 2, 20000)

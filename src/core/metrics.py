@@ -200,6 +200,20 @@ def bootstrap(y, p, groups, metric_fns: dict, n_resamples: int = 1000, seed: int
     return out
 
 
+def paired_difference(y, a, b, groups, metric=roc_auc, n_resamples: int = 1000, seed: int = 0):
+    """(metric(b) - metric(a), low, high): the 95% interval of the difference between two models'
+    scores of the same images, each resample shared by both. Two models' own intervals overlap
+    far more often than the paired interval of their difference includes 0."""
+    y, a = _as_arrays(y, a)
+    _, b = _as_arrays(y, b)
+    diffs = np.asarray(
+        [metric(y[i], b[i]) - metric(y[i], a[i]) for i in patient_resamples(groups, n_resamples, seed)]
+    )
+    diffs = diffs[np.isfinite(diffs)]
+    low, high = np.percentile(diffs, [2.5, 97.5]) if len(diffs) else (math.nan, math.nan)
+    return metric(y, b) - metric(y, a), float(low), float(high)
+
+
 def roc_band(y, p, groups, n_resamples: int = 1000, seed: int = 0, grid_points: int = 101):
     """(fpr grid, low tpr, high tpr): the 95% bootstrap band of the ROC curve."""
     y, p = _as_arrays(y, p)

@@ -5,6 +5,7 @@ import shutil
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -154,8 +155,6 @@ def test_external_set_uses_saved_threshold(trained_run, demo_dir, tmp_path):
 
 
 def one_class_set(demo_dir, tmp_path, keep):
-    import pandas as pd
-
     data = tmp_path / "set"
     shutil.copytree(demo_dir, data)
     table = pd.read_csv(data / "metadata.csv")
@@ -206,6 +205,22 @@ def test_bad_input_gives_a_clear_error(trained_run, demo_dir, tmp_path, case, me
     )
     assert r.returncode == 1, r.stdout + r.stderr
     assert message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_skip_missing_evaluates_the_images_that_are_there_and_says_so(trained_run, demo_dir, tmp_path):
+    _, best = trained_run
+    data = tmp_path / "data"
+    shutil.copytree(demo_dir, data)
+    listed = len(pd.read_csv(data / "metadata.csv"))
+    next(data.glob("ISIC_*.jpg")).unlink()
+    args = ["--checkpoint", best, "--metadata", data / "metadata.csv", "--bootstrap", 10, "--workers", 0]
+    r = run_script("src/training/evaluate.py", *args, "--out", tmp_path / "out")
+    assert r.returncode == 1 and "evaluate.py and check.py: --skip-missing" in r.stderr
+    r = run_script("src/training/evaluate.py", *args, "--out", tmp_path / "out", "--skip-missing")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["set"]["images"] == listed - 1
+    assert "1 listed images not in the folder were left out" in report["set"]["description"]
 
 
 @needs_shared

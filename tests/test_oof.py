@@ -108,6 +108,57 @@ def refer_where_the_folds_straddle_the_threshold(p: pd.DataFrame, spec: dict) ->
 
 
 @pytest.mark.slow
+def test_evaluate_scores_the_folder_as_predict_does(oof_run, demo_dir, tmp_path):
+    out, _ = oof_run
+    r = run_script(
+        "src/inference/predict.py", "--checkpoint", out, demo_dir, "--out", tmp_path / "p.csv", "--workers", 0
+    )
+    assert r.returncode == 0, r.stderr
+    meta = ["--metadata", demo_dir / "metadata.csv", "--images", demo_dir, "--workers", 0, "--bootstrap", 50]
+    r = run_script("src/training/evaluate.py", "--checkpoint", out, *meta, "--out", tmp_path / "eval")
+    assert r.returncode == 0, r.stderr
+    predicted = pd.read_csv(tmp_path / "p.csv").set_index("image_name").sort_index()
+    evaluated = pd.read_csv(tmp_path / "eval" / "predictions.csv").set_index("image_name").sort_index()
+    assert list(evaluated.index) == list(predicted.index) and len(evaluated) == 80
+    for column in ("probability", "uncertainty"):
+        np.testing.assert_allclose(evaluated[column], predicted[column], rtol=0, atol=1e-5)
+    assert (evaluated["assessable"] == predicted["assessable"]).all()
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    referred = (predicted["decision"] == "refer").mean()  # the fold spread straddles, as predict.py's
+    assert report["abstention"]["referred_share_at_rule"] == pytest.approx(referred) and referred > 0
+    assert report["calibration"]["fitted_on"].endswith("out-of-fold logits of 80 images (3 folds)")
+    # Every image trained some fold: the demo set is not external to the ensemble, and it says so.
+    assert {c["image"] for c in report["near_copies_of_training"]} == set(evaluated.index.astype(str))
+    r = run_script("src/training/evaluate.py", "--checkpoint", out)  # no own split to fit on
+    assert r.returncode == 1 and "fold ensemble" in r.stderr and "--metadata" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_with_tta_evaluate_refers_what_predict_refers(oof_run, demo_dir, tmp_path):
+    """The spread over 3 folds x 8 views, from each fold's mean and spread of views, is predict.py's."""
+    out, _ = oof_run
+    tta = tmp_path / "oof"
+    shutil.copytree(out, tta, ignore=shutil.ignore_patterns("*.png", "last.pth", "best_model_epoch*"))
+    spec = json.loads((out / "ensemble.json").read_text())
+    (tta / "ensemble.json").write_text(json.dumps({**spec, "calibration_tta": True}))
+    r = run_script("src/inference/predict.py", "--checkpoint", tta, demo_dir, "--out", tmp_path / "p.csv")
+    assert r.returncode == 0, r.stderr
+    meta = ["--metadata", demo_dir / "metadata.csv", "--workers", 0, "--bootstrap", 20]
+    r = run_script("src/training/evaluate.py", "--checkpoint", tta, *meta)
+    assert r.returncode == 0, r.stderr
+    predicted = pd.read_csv(tmp_path / "p.csv")
+    report = json.loads((tta / "eval" / "metadata" / "report.json").read_text())  # inside the folder
+    assert report["tta"] is True
+    referred = (predicted["decision"] == "refer").mean()
+    assert report["abstention"]["referred_share_at_rule"] == pytest.approx(referred)
+    evaluated = pd.read_csv(tta / "eval" / "metadata" / "predictions.csv").sort_values("image_name")
+    predicted = predicted.sort_values("image_name")
+    for column in ("probability", "uncertainty"):
+        np.testing.assert_allclose(evaluated[column], predicted[column], rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
 def test_a_bad_member_or_ensemble_file_is_one_clear_error(oof_run, demo_dir, tmp_path):
     out, _ = oof_run
     bad = tmp_path / "oof"
@@ -117,6 +168,10 @@ def test_a_bad_member_or_ensemble_file_is_one_clear_error(oof_run, demo_dir, tmp
     assert r.returncode == 1 and not (tmp_path / "p.csv").exists()
     assert r.stderr.startswith("error: ensemble") and "member fold1/best.pth" in r.stderr
     assert "Traceback" not in r.stderr
+    meta = ["--metadata", demo_dir / "metadata.csv", "--out", tmp_path / "eval"]
+    r = run_script("src/training/evaluate.py", "--checkpoint", bad, *meta)
+    assert r.returncode == 1 and not (tmp_path / "eval").exists() and "Traceback" not in r.stderr
+    assert r.stderr.startswith("error: ensemble") and "member fold1/best.pth" in r.stderr
     spec = json.loads((out / "ensemble.json").read_text())
     for members, message in (
         (["../oof/fold0/best.pth"], "not a relative path inside the folder"),

@@ -1,6 +1,7 @@
 """The fold models of oof.py as one model: OUT/ensemble.json names them and holds the calibration
 and threshold fitted on their out-of-fold logits (the only scores of those models on images they
-did not train on). Written by src/training/oof.py, read by src/inference/predictor.py.
+did not train on). Written by src/training/oof.py, read by src/inference/predictor.py and
+src/training/evaluate.py.
 
 Averaging K models' logits narrows their spread a little compared with one model's, so the
 calibration fitted on single-model out-of-fold logits is slightly conservative for the mean; it is
@@ -74,6 +75,20 @@ def read_ensemble(folder: str | Path) -> dict:
     if "refer_rule" in spec and refer_rule_problem(spec["refer_rule"]):
         raise CheckpointError(f"{path}: {refer_rule_problem(spec['refer_rule'])}")
     return spec
+
+
+def load_members(folder: str | Path, spec: dict, load) -> list:
+    """load(path) for each member's checkpoint file, each checked to stay inside the folder once
+    links are followed; a CheckpointError names the member."""
+    folder, loaded = Path(folder), []
+    for name in spec["members"]:
+        if not (folder / name).resolve().is_relative_to(folder.resolve()):
+            raise CheckpointError(f"{folder}: member {name} leads outside the folder")
+        try:
+            loaded.append(load(folder / name))
+        except CheckpointError as e:
+            raise CheckpointError(f"ensemble {folder}, member {name}: {e}") from None
+    return loaded
 
 
 def _inside(member: str) -> bool:

@@ -120,7 +120,7 @@ def load_labeled_images(
         raise DataError(
             missing_message(missing, len(table), images_dir)
             + "\nFix the folder, or skip them: train.py --SKIP_MISSING=True "
-            "(check.py --skip-missing)."
+            "(evaluate.py and check.py: --skip-missing)."
         )
     if missing:
         print(f"warning: {missing_message(missing, len(table), images_dir)}; skipping them", file=sys.stderr)

@@ -24,7 +24,7 @@ from src.core.checkpoint import (
     weights_digest,
 )
 from src.core.decision import answer, refer_rule, uncertain
-from src.core.ensemble import read_ensemble
+from src.core.ensemble import load_members, read_ensemble
 from src.core.familiarity import Familiarity, reasons_with_familiarity
 from src.core.metrics import calibrated
 from src.core.runtime import Runtime, view_logits
@@ -263,7 +263,7 @@ class Ensemble(Scorer):
     def __init__(self, folder: str | Path, threads: int | None = None, local_rank: int = 0):
         self.path = Path(folder)
         spec = read_ensemble(self.path)
-        self.members = [self._member(name, threads, local_rank) for name in spec["members"]]
+        self.members = load_members(self.path, spec, lambda path: Predictor(path, threads, local_rank))
         self.models = len(self.members)
         inputs = {m.input for m in self.members}
         if len(inputs) != 1:
@@ -290,14 +290,13 @@ class Ensemble(Scorer):
         joined = hashlib.sha256(" ".join(m.version for m in self.members).encode()).hexdigest()[:12]
         self.version = f"{self.path.name}/ ({len(self.members)} models)@{joined}"
 
-    def _member(self, name: str, threads, local_rank) -> Predictor:
-        path = self.path / name
-        if not path.resolve().is_relative_to(self.path.resolve()):
-            raise CheckpointError(f"{self.path}: member {name} leads outside the folder")
+    def _member(self, path: Path, threads, local_rank) -> Predictor:
         try:
             return Predictor(path, threads, local_rank)
         except CheckpointError as e:
-            raise CheckpointError(f"ensemble {self.path}, member {name}: {e}") from None
+            raise CheckpointError(
+                f"ensemble {self.path}, member {path.relative_to(self.path)}: {e}"
+            ) from None
 
     def member_scores(self, images, tta: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """(K x V, N) each member's logits for each view (V = 8 with tta, else 1), and the mean

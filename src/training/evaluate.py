@@ -3,6 +3,7 @@ an operating threshold, calibration, subgroups, and plots.
 
     python src/training/evaluate.py --checkpoint checkpoints/best.pth
     python src/training/evaluate.py --checkpoint CKPT --metadata CSV --images DIR   # an external labelled set
+    python src/training/evaluate.py --checkpoint checkpoints/oof --metadata CSV --images DIR  # oof.py's folds
 
 Without --metadata it evaluates the run's own validation split (split.csv beside the checkpoint),
 fits the calibration (temperature and bias) and the operating threshold there (default: the highest
@@ -26,6 +27,7 @@ import pandas as pd
 
 from src.core import metrics as M
 from src.core.checkpoint import (
+    CheckpointError,
     calibration_tta,
     load_checkpoint,
     model_from_checkpoint,
@@ -33,6 +35,7 @@ from src.core.checkpoint import (
     synthetic_training_data,
 )
 from src.core.decision import margins, refer_rule, uncertain
+from src.core.ensemble import load_members, read_ensemble
 from src.core.familiarity import (
     MAX_FIT_IMAGES,
     UNFAMILIAR,
@@ -49,6 +52,7 @@ from src.data.labels import DataError, load_labeled_images
 from src.data.metadata import group_kinds, split_groups, text
 from src.data.quality import fit_gate_on_files
 from src.data.splits import SplitError
+from src.data.transforms import InputSpec
 from src.errors import ProjectError, command
 from src.training import report as R
 
@@ -79,10 +83,22 @@ def near_copies_of_training(ckpt: dict, ckpt_path: Path, table: pd.DataFrame, ou
     ]
 
 
-def external_set(metadata: str, images: str | None, img_size: int) -> tuple[pd.DataFrame, str]:
-    images = images or str(Path(metadata).parent)
-    data = load_labeled_images(metadata, images, img_size)
-    return data.table, f"the labelled set {metadata} (images in {images})"
+def near_copies_in_runs(runs: list[tuple[dict, Path]], table: pd.DataFrame, out: Path) -> list[dict] | None:
+    """near_copies_of_training over the training images of several runs (an ensemble's folds)."""
+    found = [near_copies_of_training(ckpt, path, table, out) for ckpt, path in runs]
+    if any(copies is None for copies in found):
+        return None
+    merged = {(c["image"], c["training_image"]): c for copies in found for c in copies}
+    return sorted(merged.values(), key=lambda c: -c["similarity"])
+
+
+def external_set(args, img_size: int) -> tuple[pd.DataFrame, str]:
+    images = args.images or str(Path(args.metadata).parent)
+    data = load_labeled_images(args.metadata, images, img_size, skip_missing=args.skip_missing)
+    left_out = (
+        f"; {len(data.missing):,} listed images not in the folder were left out" if data.missing else ""
+    )
+    return data.table, f"the labelled set {args.metadata} (images in {images}{left_out})"
 
 
 UNKNOWN = "unknown"  # a missing age, sex or site is a subgroup of its own, reported like the others
@@ -169,12 +185,12 @@ def training_checks(
     return gate, pred["features"][pred["ok"].astype(bool)]
 
 
-def checked_reasons(pred: dict, gate: dict | None, familiarity: dict | None) -> np.ndarray:
-    """Why each image of a prediction cannot be assessed ("" where it can)."""
+def checked_reasons(pred: dict, gate: dict | None) -> np.ndarray:
+    """Why each image of a prediction cannot be assessed ("" where it can): the gate's rule, else
+    unlike training images where the prediction has an unfamiliarity above 1."""
     names = np.array(["", *gate] if gate else [""], dtype=object)
     rules = names[np.maximum(pred["rules"], 0)] if gate else np.full(len(pred["logits"]), "", object)
-    far = unfamiliarity(familiarity, pred["features"]) if familiarity else None
-    return reasons_with_familiarity(rules, far)
+    return reasons_with_familiarity(rules, pred.get("unfamiliarity"))
 
 
 def fitted_familiarity(train_features: np.ndarray | None, validation_features) -> dict | None:
@@ -210,7 +226,7 @@ def abstention(y, p, cal: dict, reasons: np.ndarray, checks: list[str], spread, 
         "rule": rule["text"],
         "referred_share_at_rule": referred / len(y),
         "order": "not assessable, then closest to the threshold"
-        + (" in standard deviations of the 8 views' logits" if spread is not None else ""),
+        + (" in standard deviations of the logits behind each answer" if spread is not None else ""),
         "risk_coverage": M.risk_coverage(y, p, threshold, order, at_rule=referred),
     }
 
@@ -235,7 +251,7 @@ def save_calibration(ckpt: dict, path: Path, cal: dict) -> None:
     save_checkpoint(ckpt, path)
 
 
-def make_plots(out: Path, y, p_raw, p_cal, groups, cal, report: dict, ckpt_path: Path, args) -> dict:
+def make_plots(out: Path, y, p_raw, p_cal, groups, cal, report: dict, history: Path | None, args) -> dict:
     band = M.roc_band(y, p_cal, groups, min(args.bootstrap, 500), args.seed)
     op, auc_ci = report["operating_point"], report["ci95"]["roc_auc"]
     plots = {
@@ -247,8 +263,7 @@ def make_plots(out: Path, y, p_raw, p_cal, groups, cal, report: dict, ckpt_path:
             report["abstention"]["risk_coverage"], out / "risk_coverage.png"
         ),
     }
-    history = ckpt_path.parent / "training_history.json"
-    if history.is_file():
+    if history and history.is_file():
         import json
 
         plots["Training curves"] = R.plot_training_curves(
@@ -315,6 +330,7 @@ def build_report(
     return {
         "checkpoint": args.checkpoint,
         "epoch": ckpt.get("epoch"),
+        "ensemble_members": ckpt.get("ensemble_members"),
         "synthetic_training_data": synthetic,
         "tta": args.tta,
         "notes": notes,
@@ -340,11 +356,16 @@ def build_report(
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description="Evaluate a melanoma checkpoint.")
-    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument(
+        "--checkpoint", required=True, help="a checkpoint, or the folder of oof.py (a fold ensemble)"
+    )
     ap.add_argument(
         "--metadata", help="a labelled set in any supported format (default: the run's validation split)"
     )
     ap.add_argument("--images", help="image folder for --metadata (default: the CSV's folder)")
+    ap.add_argument(
+        "--skip-missing", action="store_true", help="evaluate the listed images that are in the folder"
+    )
     ap.add_argument("--out", help="output folder (default: eval/ beside the checkpoint)")
     ap.add_argument(
         "--tta",
@@ -384,48 +405,113 @@ def scored_with_checks(model, ckpt: dict, ckpt_path: Path, table: pd.DataFrame, 
     pred = logits_for_table(model, ckpt, table, args.batch_size, args.workers, args.tta, gate, features)
     table, pred, y, unreadable = readable_rows(table, pred)
     familiarity = fitted_familiarity(train_features, pred.get("features")) if own else ckpt.get("familiarity")
+    if familiarity:
+        pred["unfamiliarity"] = unfamiliarity(familiarity, pred["features"])
     return table, pred, y, unreadable, {"quality_gate": gate, "familiarity": familiarity}
 
 
 def evaluate_checkpoint(args) -> dict:
     """Predict, fit (own split) or reuse the calibration, save it into the checkpoint, write the report."""
     ckpt_path = Path(args.checkpoint)
+    if ckpt_path.is_dir():
+        return evaluate_ensemble(args)
     ckpt = load_checkpoint(ckpt_path)
     model = model_from_checkpoint(ckpt)
-    table, description = (
-        external_set(args.metadata, args.images, ckpt["img_size"])
-        if args.metadata
-        else own_validation_set(ckpt, ckpt_path)
-    )
-    out = (
-        Path(args.out)
-        if args.out
-        else ckpt_path.parent / "eval" / (Path(args.metadata).stem if args.metadata else "")
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    args.tta = bool(args.tta) if args.metadata is None else calibration_tta(ckpt, args.tta, ckpt_path)
     own = args.metadata is None
+    table, description = (
+        external_set(args, ckpt["img_size"]) if args.metadata else own_validation_set(ckpt, ckpt_path)
+    )
+    args.tta = bool(args.tta) if own else calibration_tta(ckpt, args.tta, ckpt_path)
     table, pred, y, unreadable, checks = scored_with_checks(model, ckpt, ckpt_path, table, args)
-    logits = pred["logits"]
-    cal = {**calibrate(ckpt, logits, y, own, args.min_sensitivity), "tta": args.tta, **checks}
+    cal = {**calibrate(ckpt, pred["logits"], y, own, args.min_sensitivity), "tta": args.tta, **checks}
     if own:
         save_calibration(ckpt, ckpt_path, cal)  # what prediction, serving and export read
-    report = build_report(args, ckpt, table, description, logits, y, cal, unreadable)
-    reasons = checked_reasons(pred, checks["quality_gate"], checks["familiarity"])
-    p = M.calibrated(logits, cal["temperature"], cal["bias"])
     rule = refer_rule() if own else ckpt.get("refer_rule") or refer_rule()
-    report["abstention"] = abstention(y, p, cal, reasons, checks_of(**checks), pred.get("spread"), rule)
+    scored = {"table": table, "description": description, "pred": pred, "y": y, "unreadable": unreadable}
+    history = ckpt_path.parent / "training_history.json"
+    return write_evaluation(args, ckpt, [(ckpt, ckpt_path)], scored, cal, rule, history)
+
+
+def evaluate_ensemble(args) -> dict:
+    """The fold ensemble of oof.py (FOLDER/ensemble.json) on a labelled set, scored as predict.py
+    scores it, at the calibration and threshold oof.py fitted on its out-of-fold logits."""
+    folder = Path(args.checkpoint)
+    spec = read_ensemble(folder)
+    if not args.metadata:
+        raise EvaluationError(
+            f"{folder} is a fold ensemble: its calibration and threshold were fitted on the out-of-fold "
+            "scores (oof.py's report); evaluate it on a labelled set with --metadata/--images"
+        )
+    members = ensemble_members(folder, spec)
+    args.tta = calibration_tta(spec, args.tta, folder / "ensemble.json")
+    table, description = external_set(args, members[0][0]["img_size"])
+    table, pred, y, unreadable, checks = scored_ensemble([ckpt for ckpt, _ in members], table, args)
+    cal = {**calibrate(spec, pred["logits"], y, False, args.min_sensitivity), "tta": args.tta, **checks}
+    scored = {"table": table, "description": description, "pred": pred, "y": y, "unreadable": unreadable}
+    about = {**members[0][0], "epoch": None, "ensemble_members": len(members)}  # for the report
+    rule = spec.get("refer_rule") or refer_rule()
+    return write_evaluation(args, about, members[:2], scored, cal, rule, None)  # 2 folds' training: all
+
+
+def ensemble_members(folder: Path, spec: dict) -> list[tuple[dict, Path]]:
+    """(checkpoint, path) of every member, all read before any is scored."""
+    members = load_members(folder, spec, lambda path: (load_checkpoint(path), path))
+    if len({InputSpec.of(ckpt) for ckpt, _ in members}) != 1:
+        raise CheckpointError(f"{folder}: the members prepare images differently")
+    return members
+
+
+def scored_ensemble(members: list[dict], table: pd.DataFrame, args) -> tuple:
+    """scored_with_checks for a fold ensemble, as prediction scores it: the mean of the members'
+    logits, their spread over members (and views, with TTA), the first member's quality gate, and
+    the mean unfamiliarity of the members with a feature distance. One model in memory at a time."""
+    gate = next((ckpt["quality_gate"] for ckpt in members if ckpt.get("quality_gate")), None)
+    logits, variances, far = [], [], []
+    for ckpt in members:
+        fitted, model = ckpt.get("familiarity"), model_from_checkpoint(ckpt)
+        pred = logits_for_table(
+            model, ckpt, table, args.batch_size, args.workers, args.tta, gate, bool(fitted)
+        )
+        logits.append(pred.pop("logits"))
+        variances.append(pred.pop("spread", np.zeros(len(logits[-1]))) ** 2)
+        if fitted:
+            far.append(unfamiliarity(fitted, pred.pop("features")))
+    logits = np.stack(logits)
+    pred = {**{k: v for k, v in pred.items() if k != "features"}, "logits": logits.mean(axis=0)}
+    if len(logits) > 1 or args.tta:  # the standard deviation of all K x V logits, as predict.py's
+        pred["spread"] = np.sqrt(np.mean(variances, axis=0) + logits.var(axis=0))
+    if far:
+        pred["unfamiliarity"] = np.mean(far, axis=0)
+    table, pred, y, unreadable = readable_rows(table, pred)
+    familiarity = next((ckpt["familiarity"] for ckpt in members if ckpt.get("familiarity")), None)
+    return table, pred, y, unreadable, {"quality_gate": gate, "familiarity": familiarity}
+
+
+def write_evaluation(args, about: dict, runs: list, scored: dict, cal: dict, rule: dict, history) -> dict:
+    """report.json, report.md, predictions.csv and the plots of scored images at the calibration
+    `cal` (about: the checkpoint, or what stands for an ensemble; runs: whose training images an
+    external set is checked against)."""
+    table, pred, y = scored["table"], scored["pred"], scored["y"]
+    beside = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(args.checkpoint).parent
+    out = Path(args.out) if args.out else beside / "eval" / Path(args.metadata or "").stem
+    out.mkdir(parents=True, exist_ok=True)
+    logits, reasons = pred["logits"], checked_reasons(pred, cal["quality_gate"])
+    report = build_report(args, about, table, scored["description"], logits, y, cal, scored["unreadable"])
+    p = M.calibrated(logits, cal["temperature"], cal["bias"])
+    checks = checks_of(cal["quality_gate"], cal["familiarity"])
+    report["abstention"] = abstention(y, p, cal, reasons, checks, pred.get("spread"), rule)
     if args.metadata:
-        report["near_copies_of_training"] = copies = near_copies_of_training(ckpt, ckpt_path, table, out)
+        report["near_copies_of_training"] = copies = near_copies_in_runs(runs, table, out)
         if copies:
             report["notes"].append(
                 f"{len({c['image'] for c in copies})} images of this set have a near-copy among the model's "
                 f"training images, so it is not fully external (listed under near_copies_of_training)."
             )
-    report["plots"] = make_plots(
-        out, y, M.sigmoid(logits), p, split_groups(table), cal, report, ckpt_path, args
-    )
+    groups = split_groups(table)
+    report["plots"] = make_plots(out, y, M.sigmoid(logits), p, groups, cal, report, history, args)
+    spread = pred.get("spread", np.full(len(y), np.nan))  # of the views' (TTA) or folds' logits
     answers = {"image_name": table["image_name"], "target": y, "logit": logits, "probability": p}
+    answers["uncertainty"] = spread
     pd.DataFrame({**answers, "assessable": reasons == "", "reason": reasons}).to_csv(
         out / "predictions.csv", index=False
     )

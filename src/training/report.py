@@ -192,12 +192,19 @@ METRIC_LABELS = (
 )
 
 
+def model_named(report: dict) -> str:
+    if report.get("ensemble_members"):
+        models = report["ensemble_members"]
+        return f"Fold ensemble `{report['checkpoint']}` (the mean of its {models} models' logits)"
+    return f"Checkpoint `{report['checkpoint']}` (epoch {report['epoch']})"
+
+
 def _header(report: dict) -> list[str]:
     s = report["set"]
     lines = [
         f"# Evaluation report: {s['name']}",
         "",
-        f"Checkpoint `{report['checkpoint']}` (epoch {report['epoch']}), evaluated on {s['description']}: "
+        f"{model_named(report)}, evaluated on {s['description']}: "
         f"{s['images']:,} images, {s['melanoma']:,} melanoma, {s['groups']:,} {s['group_unit']}"
         f"{', 8-way TTA' if report['tta'] else ''}.",
         "",

@@ -16,6 +16,10 @@ would, as a command, and measures its wall time and the peak memory (RSS) of its
   train     src/training/train.py: one short epoch (all melanomas plus 4x as many benign images,
             ResNet18 at 32 px) and validation on a fifth of the set, with near-copies merged
   predict   src/inference/predict.py with that checkpoint over the whole HDF5 file
+  calibrate src/training/evaluate.py on that run's validation split: threshold, calibration, the
+            quality gate and the feature distance (fitted on up to 5,000 training images)
+  evaluate  src/training/evaluate.py with that calibrated checkpoint on the whole set as a
+            labelled set (1,000 bootstrap resamples, the checks, near-copies of training images)
 
 Prints a table (and one JSON line per measurement), then each stage's growth exponent
 log(t2 / t1) / log(n2 / n1) between consecutive sizes: 1.0 is linear, 2.0 all pairs. Exits 1 if
@@ -39,7 +43,7 @@ import pandas as pd
 from synthetic2024 import write_set  # benchmarks/ is the script's folder
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("check", "dedup", "pairing", "loading", "context", "train", "predict")
+STAGES = ("check", "dedup", "pairing", "loading", "context", "train", "predict", "calibrate", "evaluate")
 LOADING = """
 import sys, numpy as np
 from src.data.images import index_images
@@ -85,6 +89,11 @@ def commands(stage: str, s: dict, work: Path) -> list[str]:
         "predict": [
             "src/inference/predict.py", "--checkpoint", str(train_out / "last.pth"), data,
             "--out", str(work / "predictions.csv"),
+        ],
+        "calibrate": ["src/training/evaluate.py", "--checkpoint", str(train_out / "last.pth")],
+        "evaluate": [
+            "src/training/evaluate.py", "--checkpoint", str(train_out / "last.pth"), "--metadata", meta,
+            "--images", data, "--out", str(work / "evaluation"),
         ],
     }[stage]  # fmt: skip
 

@@ -5,8 +5,9 @@ import cv2
 import numpy as np
 import pytest
 
+from src.data import quality
 from src.data.images import ImageDecodeError
-from src.data.quality import RULES, check, fit_gate, measure_file, measures
+from src.data.quality import RULES, check, fit_gate, fit_gate_on_files, gate_sample, measure_file, measures
 
 from helpers import write_jpeg
 
@@ -53,6 +54,19 @@ def test_blur_lowers_sharpness_whatever_the_contrast():
         values = [measures(cv2.GaussianBlur(picture, (0, 0), s))["sharpness"] for s in (0.1, 2, 4, 8)]
         assert values == sorted(values, reverse=True)
     assert measures(dim)["sharpness"] == pytest.approx(measures(image)["sharpness"], rel=0.2)
+
+
+def test_the_gate_is_fitted_on_a_fixed_sample_of_a_large_training_set(tmp_path, monkeypatch):
+    monkeypatch.setattr(quality, "MAX_GATE_IMAGES", 6)
+    paths = [tmp_path / f"{i}.jpg" for i in range(15)]
+    for i, path in enumerate(paths):
+        write_jpeg(path, lesion(i, 120, 160) // (1 + i % 4))  # brightness differs between images
+    chosen = gate_sample(paths)
+    assert len(set(chosen)) == 6 and set(chosen) <= set(map(str, paths)) and chosen == gate_sample(paths)
+    assert gate_sample(paths[:6]) == [str(p) for p in paths[:6]]  # a small set: every image
+    fitted = fit_gate_on_files(paths, 64, workers=1, progress=False)
+    assert fitted == fit_gate([measure_file(p, 64) for p in chosen])
+    assert fitted != fit_gate([measure_file(p, 64) for p in paths])
 
 
 def test_measures_of_files_and_degenerate_images(tmp_path):

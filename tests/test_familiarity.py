@@ -143,3 +143,30 @@ def test_an_export_carries_the_distance_and_flags_what_its_checkpoint_flags(trai
     assert near[-1] > 1 and exported[-1] > 1  # the colour blocks: unlike training images in both
     int8 = load_scorer(tmp_path / "m_int8.onnx")
     assert int8.scores(x)[1][-1] > 1
+
+
+def test_the_distance_computed_batch_by_batch_is_the_one_from_all_features(tmp_path):
+    """Evaluation of a large set keeps N distances, not N x D features: the same numbers."""
+    import pandas as pd
+
+    from src.core.familiarity import Familiarity
+    from src.core.runtime import logits_for_table
+
+    from helpers import write_jpeg
+
+    torch.manual_seed(0)
+    model = MelanomaNet(SETTINGS["arch"], SETTINGS["mean"], SETTINGS["std"], SETTINGS["img_size"]).eval()
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(12):
+        paths.append(tmp_path / f"{i}.jpg")
+        write_jpeg(paths[-1], rng.integers(0, 255, (80, 96, 3), dtype=np.uint8))
+    table = pd.DataFrame({"path": list(map(str, paths)), "target": [0, 1] * 6})
+    fitted = fit_familiarity(features(600, 1), features(200, 2))
+    pred = logits_for_table(model, SETTINGS, table, 5, 0, False, None, True, Familiarity(fitted))
+    assert pred["unfamiliarity"].shape == (12,) and pred["features"].shape == (12, 512)
+    np.testing.assert_allclose(pred["unfamiliarity"], unfamiliarity(fitted, pred["features"]), rtol=1e-5)
+    alone = logits_for_table(model, SETTINGS, table, 5, 0, False, None, False, Familiarity(fitted))
+    assert "features" not in alone
+    np.testing.assert_allclose(alone["unfamiliarity"], pred["unfamiliarity"], rtol=1e-5)
+    np.testing.assert_allclose(alone["logits"], pred["logits"], rtol=1e-5, atol=1e-6)

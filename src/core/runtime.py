@@ -101,16 +101,21 @@ def view_logits(model, x: torch.Tensor, tta: bool, features: bool = False):
 
 
 @torch.no_grad()
-def predict(model, loader, rt: Runtime, tta: bool = False, desc: str = "val", features: bool = False) -> dict:
+def predict(
+    model, loader, rt: Runtime, tta: bool = False, desc: str = "val", features: bool = False, distance=None
+) -> dict:
     """Logits for every sample of `loader` (gathered across DDP ranks), with targets, indices, ok
     flags, the quality gate's rule codes when the dataset has a gate ("rules"), with tta the spread
-    (standard deviation) of the 8 views' logits ("spread"), and with `features` the pooled features
-    of the unflipped view (src/core/familiarity.py)."""
+    (standard deviation) of the 8 views' logits ("spread"), with `features` the pooled features
+    of the unflipped view, and with a `distance` module (familiarity.Familiarity) their distance,
+    batch by batch ("unfamiliarity"): N numbers kept instead of N x 2048 features."""
     model.eval()
+    distance = distance.to(rt.device) if distance is not None else None
     out = {"logits": [], "targets": [], "index": [], "ok": [], "rules": [], "features": [], "spread": []}
+    out["unfamiliarity"] = []
     for batch in tqdm(loader, desc=desc, unit="batch", disable=rt.rank != 0, leave=False, dynamic_ncols=True):
         with rt.autocast():
-            views, pooled = view_logits(model, rt.to_device(batch[0]), tta, features)
+            views, pooled = view_logits(model, rt.to_device(batch[0]), tta, features or distance is not None)
         out["logits"].append(views.mean(0).cpu())
         if tta:
             out["spread"].append(views.std(0, unbiased=False).cpu())
@@ -118,6 +123,8 @@ def predict(model, loader, rt: Runtime, tta: bool = False, desc: str = "val", fe
             out[key].append(value)
         if features:
             out["features"].append(pooled.float().cpu())
+        if distance is not None:
+            out["unfamiliarity"].append(distance(pooled.float()).cpu())
     local = {k: torch.cat(v).numpy() for k, v in out.items() if v}
     local = {k: local.get(k, np.zeros(0)) for k in ("logits", "targets", "index", "ok")} | local
     merged = dist.gather_arrays(local)
@@ -126,10 +133,19 @@ def predict(model, loader, rt: Runtime, tta: bool = False, desc: str = "val", fe
 
 
 def logits_for_table(
-    model, ckpt: dict, table: pd.DataFrame, batch_size: int, workers, tta: bool, gate=None, features=False
+    model,
+    ckpt: dict,
+    table: pd.DataFrame,
+    batch_size: int,
+    workers,
+    tta: bool,
+    gate=None,
+    features=False,
+    distance=None,
 ) -> dict:
     """Logits for every image of `table` (its path and target columns), computed as the run did;
-    with a quality `gate`, its rule codes; with `features`, the pooled features."""
+    with a quality `gate`, its rule codes; with `features`, the pooled features; with a `distance`
+    module, their distance (see predict)."""
     rt = Runtime.for_inference(ckpt)
     model = model.to(rt.device)
     loader = make_loader(
@@ -138,4 +154,4 @@ def logits_for_table(
         workers=default_workers(workers),
         pin_memory=rt.device.type == "cuda",
     )
-    return predict(model, loader, rt, tta=tta, desc="evaluate", features=features)
+    return predict(model, loader, rt, tta=tta, desc="evaluate", features=features, distance=distance)

@@ -39,6 +39,7 @@ from src.core.ensemble import load_members, read_ensemble
 from src.core.familiarity import (
     MAX_FIT_IMAGES,
     UNFAMILIAR,
+    Familiarity,
     fit_familiarity,
     reasons_with_familiarity,
     unfamiliarity,
@@ -401,12 +402,15 @@ def scored_with_checks(model, ckpt: dict, ckpt_path: Path, table: pd.DataFrame, 
         if own
         else (ckpt.get("quality_gate"), None)
     )
-    features = train_features is not None or ckpt.get("familiarity") is not None
-    pred = logits_for_table(model, ckpt, table, args.batch_size, args.workers, args.tta, gate, features)
+    saved = None if own else ckpt.get("familiarity")  # its distance is computed batch by batch
+    distance = Familiarity(saved) if saved else None
+    fitting = train_features is not None  # the validation features fit the distance's threshold
+    batch, workers = args.batch_size, args.workers
+    pred = logits_for_table(model, ckpt, table, batch, workers, args.tta, gate, fitting, distance)
     table, pred, y, unreadable = readable_rows(table, pred)
-    familiarity = fitted_familiarity(train_features, pred.get("features")) if own else ckpt.get("familiarity")
-    if familiarity:
-        pred["unfamiliarity"] = unfamiliarity(familiarity, pred["features"])
+    familiarity = fitted_familiarity(train_features, pred.get("features")) if own else saved
+    if own and familiarity:
+        pred["unfamiliarity"] = unfamiliarity(familiarity, pred.pop("features"))
     return table, pred, y, unreadable, {"quality_gate": gate, "familiarity": familiarity}
 
 
@@ -469,15 +473,16 @@ def scored_ensemble(members: list[dict], table: pd.DataFrame, args) -> tuple:
     logits, variances, far = [], [], []
     for ckpt in members:
         fitted, model = ckpt.get("familiarity"), model_from_checkpoint(ckpt)
+        distance = Familiarity(fitted) if fitted else None
         pred = logits_for_table(
-            model, ckpt, table, args.batch_size, args.workers, args.tta, gate, bool(fitted)
+            model, ckpt, table, args.batch_size, args.workers, args.tta, gate, False, distance
         )
         logits.append(pred.pop("logits"))
         variances.append(pred.pop("spread", np.zeros(len(logits[-1]))) ** 2)
         if fitted:
-            far.append(unfamiliarity(fitted, pred.pop("features")))
+            far.append(pred.pop("unfamiliarity"))
     logits = np.stack(logits)
-    pred = {**{k: v for k, v in pred.items() if k != "features"}, "logits": logits.mean(axis=0)}
+    pred = {**pred, "logits": logits.mean(axis=0)}
     if len(logits) > 1 or args.tta:  # the standard deviation of all K x V logits, as predict.py's
         pred["spread"] = np.sqrt(np.mean(variances, axis=0) + logits.var(axis=0))
     if far:

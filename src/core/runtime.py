@@ -108,11 +108,11 @@ def predict(
     flags, the quality gate's rule codes when the dataset has a gate ("rules"), with tta the spread
     (standard deviation) of the 8 views' logits ("spread"), with `features` the pooled features
     of the unflipped view, and with a `distance` module (familiarity.Familiarity) their distance,
-    batch by batch ("unfamiliarity"): N numbers kept instead of N x 2048 features."""
+    batch by batch ("unfamiliarity"): N numbers kept instead of N x D features."""
     model.eval()
     distance = distance.to(rt.device) if distance is not None else None
-    out = {"logits": [], "targets": [], "index": [], "ok": [], "rules": [], "features": [], "spread": []}
-    out["unfamiliarity"] = []
+    keys = ("logits", "targets", "index", "ok", "rules", "features", "spread", "unfamiliarity")
+    out = {key: [] for key in keys}
     for batch in tqdm(loader, desc=desc, unit="batch", disable=rt.rank != 0, leave=False, dynamic_ncols=True):
         with rt.autocast():
             views, pooled = view_logits(model, rt.to_device(batch[0]), tta, features or distance is not None)

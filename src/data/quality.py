@@ -29,8 +29,9 @@ from src.data.images import ImageDecodeError, check_header, decode_bytes, decodi
 WORK_SIDE = 256  # short side the measures are taken at
 GATE_QUANTILE = 0.005  # the training images' edge each threshold starts from (0.5% on the bad side)
 # Training images measured to fit the gate: a 0.5% quantile of 10,000 images is within about 2% of
-# that of 21,384 (benchmarks/scale.py's set; docs/gate.md), and measuring takes 3 ms an image a core,
-# so ISIC 2024's 320,000 training images would take 8 minutes where this takes 15 s.
+# that of 21,384 (benchmarks/scale.py's set; docs/gate.md), and measuring took 59 s for those 21,384
+# on 2 cores (5.5 ms an image a core): ISIC 2024's 320,000 training images would take 15 minutes
+# there, 10,000 take about 28 s.
 MAX_GATE_IMAGES = 10_000
 # reason -> (measure, unusable side, factor on the training edge, floor), checked in this order.
 # The factors were set by looking at docs/gate.md's sets (unseen real dermoscopy accepted, damaged

@@ -290,14 +290,6 @@ class Ensemble(Scorer):
         joined = hashlib.sha256(" ".join(m.version for m in self.members).encode()).hexdigest()[:12]
         self.version = f"{self.path.name}/ ({len(self.members)} models)@{joined}"
 
-    def _member(self, path: Path, threads, local_rank) -> Predictor:
-        try:
-            return Predictor(path, threads, local_rank)
-        except CheckpointError as e:
-            raise CheckpointError(
-                f"ensemble {self.path}, member {path.relative_to(self.path)}: {e}"
-            ) from None
-
     def member_scores(self, images, tta: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """(K x V, N) each member's logits for each view (V = 8 with tta, else 1), and the mean
         unfamiliarity of the members that have a distance fitted (None when none has)."""

@@ -422,9 +422,7 @@ def evaluate_checkpoint(args) -> dict:
     ckpt = load_checkpoint(ckpt_path)
     model = model_from_checkpoint(ckpt)
     own = args.metadata is None
-    table, description = (
-        external_set(args, ckpt["img_size"]) if args.metadata else own_validation_set(ckpt, ckpt_path)
-    )
+    table, description = own_validation_set(ckpt, ckpt_path) if own else external_set(args, ckpt["img_size"])
     args.tta = bool(args.tta) if own else calibration_tta(ckpt, args.tta, ckpt_path)
     table, pred, y, unreadable, checks = scored_with_checks(model, ckpt, ckpt_path, table, args)
     cal = {**calibrate(ckpt, pred["logits"], y, own, args.min_sensitivity), "tta": args.tta, **checks}
@@ -468,7 +466,8 @@ def ensemble_members(folder: Path, spec: dict) -> list[tuple[dict, Path]]:
 def scored_ensemble(members: list[dict], table: pd.DataFrame, args) -> tuple:
     """scored_with_checks for a fold ensemble, as prediction scores it: the mean of the members'
     logits, their spread over members (and views, with TTA), the first member's quality gate, and
-    the mean unfamiliarity of the members with a feature distance. One model in memory at a time."""
+    the mean unfamiliarity of the members with a feature distance. Every checkpoint is read first
+    (a bad member fails before any scoring); one network is built and run at a time."""
     gate = next((ckpt["quality_gate"] for ckpt in members if ckpt.get("quality_gate")), None)
     logits, variances, far = [], [], []
     for ckpt in members:
